@@ -1,0 +1,1 @@
+"""ai_assets: an organisation's AI pipelines as Dagster software-defined assets."""
