@@ -1,0 +1,1 @@
+"""RAG ingestion: sources -> chunks -> embeddings -> Qdrant, kept exactly in sync."""

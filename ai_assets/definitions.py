@@ -1,0 +1,16 @@
+"""The map of the code location: each domain's definitions, the shared resources, the executor."""
+
+import dagster as dg
+
+import ai_assets.ingestion.definitions as ingestion
+from ai_assets.resources import build_resources
+
+defs = dg.Definitions.merge(
+    ingestion.defs,
+    dg.Definitions(
+        resources=build_resources(),
+        # Steps of other jobs run in parallel processes; two at a time on a 2-core machine, because
+        # torch steps that each use every core run slower together than one after the other.
+        executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+    ),
+)

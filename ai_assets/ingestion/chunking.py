@@ -1,0 +1,440 @@
+"""Token-aware, structure-aware chunking for the RAG ingestion pipeline.
+
+Pure Python (stdlib + ``tokenizers``): no Dagster, torch or transformers, so it is cheap to import and
+to test.
+
+How a document is cut
+---------------------
+The whole document is tokenized once (no special tokens) with the embedding model's own tokenizer, and
+chunks are cut at token boundaries using the tokens' character offsets into the ORIGINAL text, so a
+chunk's ``text`` is always ``document[start:end]`` (with surrounding whitespace stripped).
+
+Greedily, from the start of the document, each chunk starting at token ``s``:
+
+* takes the whole remainder if it fits in ``chunk_size`` tokens;
+* otherwise cuts at the best-ranked boundary in the window ``(s + chunk_size // 2, s + chunk_size]``
+  (latest one on ties), ranked: Markdown heading line start > paragraph break (blank line) >
+  line break > sentence end (``.``, ``!``, ``?`` + whitespace; ``。！？``) > word boundary.
+  A heading inside the window therefore always starts the next chunk (a section begins a new chunk
+  once the current one is at least half full), and no cut ever falls inside a heading line or
+  directly after one, so a heading is never left alone at the end of a chunk. ``#`` lines inside
+  fenced code blocks are not headings;
+* if the window holds no word boundary at all, it cuts at the latest word boundary before the window,
+  then after the latest punctuation character, and only then inside a word (a "word" longer than the
+  whole chunk, e.g. a long URL-less blob or an unspaced kana run);
+* cuts at a line break / sentence end / word boundary fall inside a paragraph, so the next chunk starts
+  ``chunk_overlap`` tokens earlier (never further back than the start of the current paragraph, never
+  more than half of the current chunk, snapped forward to a word start); cuts at headings and
+  paragraph breaks get no overlap.
+
+Every chunk is re-tokenized on its own; ``token_count`` is that count and is always <= ``chunk_size``
+(a chunk that would exceed it is shrunk at the last word boundary, token by token as a last resort).
+
+Locality: a cut depends only on the text up to ``chunk_size`` tokens past the chunk's start, so an
+edit leaves every chunk whose ``start + chunk_size`` token window ends before the edit unchanged, and
+chunks after the edit are identical again (up to a shift of their character offsets) as soon as a cut
+falls on the same heading or paragraph break as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+import uuid
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tokenizers
+
+# Bump whenever a change to this module can change the chunks produced for some input.
+CHUNKER_VERSION = "1"
+
+# Fixed namespace for chunk ids (uuid5). Never change it: every stored point id derives from it.
+AI_ASSETS_NAMESPACE = uuid.UUID("6f1c2a9e-4b1d-5e57-9c3a-2d0f8e7b6a41")
+
+# all-MiniLM-L6-v2: max_seq_length 256, minus [CLS] and [SEP].
+DEFAULT_MAX_CONTENT_TOKENS = 254
+MIN_CHUNK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    chunk_size: int = 200  # max content tokens per chunk (special tokens excluded)
+    chunk_overlap: int = 32  # tokens repeated from the previous chunk when a cut falls inside a paragraph
+
+    def validate(self, max_content_tokens: int) -> None:
+        """Raise ValueError, naming the field and the value, if these settings are unusable with a
+        model that reads at most ``max_content_tokens`` content tokens."""
+        self._validate(max_content_tokens)
+
+    def _validate(self, max_content_tokens: int | None) -> None:
+        size, overlap = self.chunk_size, self.chunk_overlap
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ValueError(f"chunk_size must be an integer (got {size!r})")
+        if not isinstance(overlap, int) or isinstance(overlap, bool):
+            raise ValueError(f"chunk_overlap must be an integer (got {overlap!r})")
+        if max_content_tokens is not None and max_content_tokens < MIN_CHUNK_SIZE:
+            raise ValueError(
+                f"max_content_tokens must be at least {MIN_CHUNK_SIZE} (got {max_content_tokens})"
+            )
+        upper = max_content_tokens if max_content_tokens is not None else size
+        if size < MIN_CHUNK_SIZE or size > upper:
+            bound = f"between {MIN_CHUNK_SIZE} and {max_content_tokens}" if max_content_tokens else (
+                f"at least {MIN_CHUNK_SIZE}"
+            )
+            raise ValueError(f"chunk_size must be {bound} (got {size})")
+        if overlap < 0 or overlap > size // 2:
+            raise ValueError(
+                f"chunk_overlap must be between 0 and chunk_size // 2 = {size // 2} (got {overlap})"
+            )
+
+    def fingerprint(self) -> str:
+        """Stable short hex digest of everything that determines the chunks (besides the tokenizer)."""
+        payload = json.dumps(
+            {"chunker_version": CHUNKER_VERSION, "chunk_size": self.chunk_size,
+             "chunk_overlap": self.chunk_overlap},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int  # 0-based position within the document
+    text: str
+    start: int  # character offsets into the document text: text == document[start:end]
+    end: int
+    token_count: int  # tokens the model sees for `text` alone (no special tokens); <= chunk_size
+    chunk_hash: str  # sha256 hex of text
+
+
+def load_tokenizer(tokenizer_json: str | Path) -> tokenizers.Tokenizer:
+    """Load a ``tokenizer.json`` with truncation and padding disabled (the all-MiniLM-L6-v2 file ships
+    with truncation at 128 and fixed padding, which would make every token count wrong)."""
+    tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_json))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def chunk_id(doc_id: str, index: int, chunk_hash: str) -> str:
+    """Deterministic id for a chunk (usable as a Qdrant point id)."""
+    return str(uuid.uuid5(AI_ASSETS_NAMESPACE, f"{doc_id}\x1f{index}\x1f{chunk_hash}"))
+
+
+def chunk_text(
+    text: str, tokenizer: tokenizers.Tokenizer, settings: ChunkingSettings
+) -> list[Chunk]:
+    """Split one document into chunks; see the module docstring for the rules."""
+    return chunk_texts([text], tokenizer, settings)[0]
+
+
+def chunk_texts(
+    texts: Sequence[str], tokenizer: tokenizers.Tokenizer, settings: ChunkingSettings
+) -> list[list[Chunk]]:
+    """Batch version of :func:`chunk_text` (tokenizes with ``encode_batch``, parallel in Rust);
+    the result for each text is identical to ``chunk_text(text, ...)``."""
+    settings._validate(None)
+    _check_tokenizer(tokenizer)
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be str (got {type(t).__name__})")
+
+    results: list[list[Chunk]] = [[] for _ in texts]
+    todo = [i for i, t in enumerate(texts) if t and not t.isspace()]
+    if not todo:
+        return results
+    encodings = tokenizer.encode_batch([texts[i] for i in todo], add_special_tokens=False)
+
+    planned: list[tuple[int, _Doc, list[tuple[int, int]]]] = []
+    for i, enc in zip(todo, encodings):
+        doc = _Doc(texts[i], enc, tokenizer, settings)
+        if doc.n:
+            planned.append((i, doc, doc.plan(verify_all=False)))
+
+    # Re-tokenize every chunk on its own (one parallel batch) for the real token counts.
+    spans = [(i, doc, doc.span_text(s, k)) for i, doc, plan in planned for s, k in plan]
+    counts = _count_tokens(tokenizer, [span[2][2] for span in spans])
+    pos = 0
+    redo: list[tuple[int, _Doc]] = []
+    for i, doc, plan in planned:
+        doc_counts = counts[pos:pos + len(plan)]
+        doc_spans = [span[2] for span in spans[pos:pos + len(plan)]]
+        pos += len(plan)
+        if max(doc_counts) > settings.chunk_size:
+            redo.append((i, doc))  # a "safe" cut was not; rare: redo verifying every chunk
+            continue
+        results[i] = _make_chunks(doc_spans, doc_counts)
+
+    for i, doc in redo:
+        plan = doc.plan(verify_all=True)
+        doc_spans = [doc.span_text(s, k) for s, k in plan]
+        doc_counts = _count_tokens(tokenizer, [t for _, _, t in doc_spans])
+        if max(doc_counts) > settings.chunk_size:  # pragma: no cover - _fit guarantees this
+            raise AssertionError("chunker produced a chunk over chunk_size; please report")
+        results[i] = _make_chunks(doc_spans, doc_counts)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# internals
+
+_HEADING, _PARA, _LINE, _SENT, _WORD, _PUNCT, _MIDWORD, _END = range(8)
+_NO_OVERLAP = frozenset({_HEADING, _PARA, _END})
+
+# Markdown heading line starts (up to 3 spaces of indent) and code fences, in one pass.
+_BLOCK_RE = re.compile(r"^[ ]{0,3}(?:(?P<fence>`{3,}|~{3,})|(?P<hashes>#{1,6})(?=[ \t\r]|$))", re.M)
+# Whitespace runs that contain at least one newline.
+_NL_RUN_RE = re.compile(r"[^\S\n]*\n\s*")
+# Sentence ends: terminator, optional closing quotes/brackets, then whitespace (CJK: none needed).
+_SENT_RE = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f][\u300d\u300f\u201d\u2019\uff09\"')\]]*\s*")
+_WS_RE = re.compile(r"\s")
+
+
+def _is_cjk(ch: str) -> bool:
+    # Same ranges as BERT's _is_chinese_char: every such character is a word on its own.
+    cp = ord(ch)
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def _is_punct(ch: str) -> bool:
+    # Same rule as BERT's pre-tokenizer: it splits every such character into its own pre-token.
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _check_tokenizer(tokenizer: tokenizers.Tokenizer) -> None:
+    if tokenizer.truncation is not None or tokenizer.padding is not None:
+        raise ValueError(
+            "tokenizer has truncation or padding enabled, so token counts would be wrong; "
+            "load it with ai_assets.ingestion.chunking.load_tokenizer()"
+        )
+
+
+def _count_tokens(tokenizer: tokenizers.Tokenizer, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    return [len(e) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def _make_chunks(spans: list[tuple[int, int, str]], counts: list[int]) -> list[Chunk]:
+    return [
+        Chunk(
+            index=index,
+            text=t,
+            start=start,
+            end=end,
+            token_count=count,
+            chunk_hash=hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest(),
+        )
+        for index, ((start, end, t), count) in enumerate(zip(spans, counts))
+    ]
+
+
+class _Doc:
+    """One tokenized document and its candidate cut points (token indices: cut k = before token k).
+
+    Token offsets are read lazily from the ``Encoding`` (materializing ``enc.offsets`` for every token
+    costs more than the whole planning): only candidate positions are mapped to tokens."""
+
+    def __init__(
+        self,
+        text: str,
+        enc: tokenizers.Encoding,
+        tokenizer: tokenizers.Tokenizer,
+        settings: ChunkingSettings,
+    ) -> None:
+        self.text = text
+        self.enc = enc
+        self.tokenizer = tokenizer
+        self.size = settings.chunk_size
+        self.overlap = settings.chunk_overlap
+        self.n = n = len(enc)
+        if not n:
+            return
+        token_at = self.token_at_or_after
+
+        # Headings (outside fenced code) and the cuts that would strand them: inside the heading line
+        # or right after it.
+        heads: list[int] = []
+        forbidden: set[int] = set()
+        fence: str | None = None
+        for m in _BLOCK_RE.finditer(text):
+            marker = m.group("fence")
+            if marker is not None:
+                if fence is None:
+                    fence = marker
+                elif marker[0] == fence[0] and len(marker) >= len(fence):
+                    fence = None
+                continue
+            if fence is not None:
+                continue
+            pos = m.start("hashes")
+            k = token_at(pos)
+            if k >= n:
+                continue
+            eol = text.find("\n", pos)
+            after = token_at(eol) if eol >= 0 else n
+            heads.append(k)
+            forbidden.update(range(k + 1, after + 1))
+        self.forbidden = forbidden
+
+        paras: list[int] = []
+        lines: list[int] = []
+        for m in _NL_RUN_RE.finditer(text):
+            k = token_at(m.end())
+            if 0 < k < n:
+                (paras if m.group().count("\n") >= 2 else lines).append(k)
+        sents: list[int] = []
+        for m in _SENT_RE.finditer(text):
+            k = token_at(m.end())
+            if 0 < k < n:
+                sents.append(k)
+
+        def clean(ks: list[int]) -> list[int]:
+            return sorted({k for k in ks if 0 < k < n and k not in forbidden})
+
+        self.heads = clean(heads)
+        self.paras = clean(paras)
+        self.lines = clean(lines)
+        self.sents = clean(sents)
+        # Paragraph starts an overlap must not reach back across (forbidden or not).
+        self.blocks = sorted(set(heads) | set(paras))
+
+    # -- offsets ------------------------------------------------------------------------------------
+
+    def token_at_or_after(self, pos: int) -> int:
+        """Index of the first token starting at or after character ``pos`` (n if none)."""
+        enc, text = self.enc, self.text
+        limit = len(text)
+        while pos < limit:
+            k = enc.char_to_token(pos)
+            if k is not None:
+                return k if enc.token_to_chars(k)[0] >= pos else k + 1
+            pos += 1
+        return self.n
+
+    def start_char(self, k: int) -> int:
+        return self.enc.token_to_chars(k)[0]
+
+    # -- boundary tests -----------------------------------------------------------------------------
+
+    def word_start(self, k: int) -> bool:
+        """True if a cut before token k falls between two words."""
+        text = self.text
+        gap_start = self.enc.token_to_chars(k - 1)[1]
+        gap_end = self.enc.token_to_chars(k)[0]
+        if gap_end > gap_start and _WS_RE.search(text, gap_start, gap_end):
+            return True
+        return _is_cjk(text[gap_end]) or _is_cjk(text[gap_start - 1])
+
+    def punct_boundary(self, k: int) -> bool:
+        """True if a cut before token k falls next to punctuation (a pre-tokenizer split)."""
+        return _is_punct(self.text[self.enc.token_to_chars(k - 1)[1] - 1]) or _is_punct(
+            self.text[self.enc.token_to_chars(k)[0]]
+        )
+
+    def after_punct(self, k: int) -> bool:
+        return _is_punct(self.text[self.enc.token_to_chars(k - 1)[1] - 1])
+
+    # -- planning -----------------------------------------------------------------------------------
+
+    def span_text(self, s: int, k: int) -> tuple[int, int, str]:
+        """(start, end, text) of the chunk holding tokens [s, k), whitespace-stripped. Characters the
+        tokenizer drops between two chunks go with the earlier one, so chunks cover the document."""
+        text = self.text
+        cs = 0 if s == 0 else self.start_char(s)
+        ce = len(text) if k >= self.n else self.start_char(k)
+        raw = text[cs:ce]
+        stripped = raw.strip()
+        if not stripped:
+            return cs, cs, ""
+        lead = len(raw) - len(raw.lstrip())
+        return cs + lead, cs + lead + len(stripped), stripped
+
+    def count(self, s: int, k: int) -> int:
+        return len(self.tokenizer.encode(self.span_text(s, k)[2], add_special_tokens=False))
+
+    def pick_cut(self, s: int) -> tuple[int, int]:
+        n, size = self.n, self.size
+        if n - s <= size:
+            return n, _END
+        lo, hi = s + size // 2, s + size
+        for rank, ks in ((_HEADING, self.heads), (_PARA, self.paras), (_LINE, self.lines),
+                         (_SENT, self.sents)):
+            i = bisect_right(ks, hi) - 1
+            if i >= 0 and ks[i] > lo:
+                return ks[i], rank
+        forbidden = self.forbidden
+        for k in range(hi, lo, -1):
+            if k not in forbidden and self.word_start(k):
+                return k, _WORD
+        # No word boundary in the window: a shorter chunk beats cutting a word.
+        for k in range(lo, s, -1):
+            if k not in forbidden and self.word_start(k):
+                return k, _WORD
+        for k in range(hi, s, -1):
+            if k not in forbidden and self.after_punct(k):
+                return k, _PUNCT
+        return hi, _MIDWORD
+
+    def next_start(self, s: int, k: int, rank: int) -> int:
+        if rank in _NO_OVERLAP or not self.overlap:
+            return k
+        floor = max(k - self.overlap, s + (k - s + 1) // 2)
+        i = bisect_left(self.blocks, k) - 1  # latest paragraph/heading start before k
+        if i >= 0 and self.blocks[i] >= floor:
+            floor = self.blocks[i]
+        for j in range(max(floor, s + 1), k):
+            if j not in self.forbidden and self.word_start(j):
+                return j
+        return k
+
+    def fit(self, s: int, k: int) -> int:
+        """Largest cut <= k whose chunk, re-tokenized alone, fits: last word boundary first."""
+        size = self.size
+        if self.count(s, k) <= size:
+            return k
+        for j in range(k - 1, s, -1):
+            if self.word_start(j) and self.count(s, j) <= size:
+                return j
+        for j in range(k - 1, s, -1):
+            if self.count(s, j) <= size:
+                return j
+        return s + 1  # one token's text; tokens of this vocabulary re-tokenize to <= 6 tokens
+
+    def plan(self, verify_all: bool) -> list[tuple[int, int]]:
+        """Token ranges [s, k) of the chunks. Chunks whose start or end falls inside a word (where
+        re-tokenizing may disagree) are verified now; the caller re-tokenizes everything anyway."""
+        plan: list[tuple[int, int]] = []
+        s = 0
+        start_midword = False
+        while s < self.n:
+            k, rank = self.pick_cut(s)
+            if verify_all or start_midword or rank == _MIDWORD:
+                fitted = self.fit(s, k)
+                if fitted != k:
+                    k, rank = fitted, _PARA  # shrunk: no overlap
+            plan.append((s, k))
+            if k >= self.n:
+                break
+            s_next = self.next_start(s, k, rank)
+            start_midword = not (self.word_start(s_next) or self.punct_boundary(s_next))
+            s = s_next
+        return plan

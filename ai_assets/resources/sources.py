@@ -1,0 +1,32 @@
+"""Where documents come from: local folders/files and HTTP(S) URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from ai_assets.ingestion.sources import HttpSettings, SourceSpec, parse_source_specs
+
+
+def sample_corpus_path() -> Path:
+    """The Markdown pages shipped with the project, ingested when no source is configured."""
+    return Path(__file__).resolve().parents[1] / "ingestion" / "sample_corpus"
+
+
+class DocumentSourcesResource(dg.ConfigurableResource):
+    """The document sources to keep the knowledge base in sync with.
+
+    `sources` is a comma- or newline-separated list of `name=location` or bare locations; a location is
+    a folder, a single file, or an http(s) URL. Empty means the bundled sample corpus.
+    """
+
+    sources: str = ""
+    http_timeout_s: float = 10.0
+    http_max_bytes: int = 5_000_000
+
+    def specs(self) -> list[SourceSpec]:
+        return parse_source_specs(self.sources or f"sample_corpus={sample_corpus_path()}")
+
+    def http_settings(self) -> HttpSettings:
+        return HttpSettings(timeout_s=self.http_timeout_s, max_bytes=self.http_max_bytes)
