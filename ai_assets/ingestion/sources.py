@@ -625,14 +625,14 @@ def _finish_response(
 
     too_large = _FetchError(f"larger than the {http.max_bytes}-byte limit")
     declared = response.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > http.max_bytes * 10**6:
+    if declared is not None and declared.strip().isdigit() and int(declared) > http.max_bytes:
         raise too_large
     chunks: list[bytes] = []
     received = 0
     # iter_bytes yields decoded bytes, so the limit also caps decompression.
     for chunk in response.iter_bytes():
         received += len(chunk)
-        if received > http.max_bytes * 10**6:
+        if received > http.max_bytes:
             raise too_large
         if time.monotonic() > deadline:
             raise timed_out
