@@ -321,6 +321,7 @@ def document_embeddings(
             "chunks_skipped": plan.unchanged_chunks,
             "chunks_deleted": stats.deleted,
             "points_preserved": plan.preserved,
+            "points_repaired": plan.repaired,
             "point_count": points,
             "collection": target,
             "alias": qdrant.alias,

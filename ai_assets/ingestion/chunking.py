@@ -24,8 +24,9 @@ Greedily, from the start of the document, each chunk starting at token ``s``:
   whole chunk, e.g. a long URL-less blob or an unspaced kana run);
 * cuts at a line break / sentence end / word boundary fall inside a paragraph, so the next chunk starts
   ``chunk_overlap`` tokens earlier (never further back than the start of the current paragraph, never
-  more than half of the current chunk, snapped forward to a word start); cuts at headings and
-  paragraph breaks get no overlap.
+  more than half of the current chunk), snapped forward to a sentence or line start if one lies in
+  the first half of the overlap, else to a word start; cuts at headings and paragraph breaks get no
+  overlap.
 
 Every chunk is re-tokenized on its own; ``token_count`` is that count and is always <= ``chunk_size``
 (a chunk that would exceed it is shrunk at the last word boundary, token by token as a last resort).
@@ -192,8 +193,13 @@ _BLOCK_RE = re.compile(r"^[ ]{0,3}(?:(?P<fence>`{3,}|~{3,})|(?P<hashes>#{1,6})(?
 # Whitespace runs that contain at least one newline.
 _NL_RUN_RE = re.compile(r"[^\S\n]*\n\s*")
 # Sentence ends: terminator, optional closing quotes/brackets, then whitespace (CJK: none needed).
-_SENT_RE = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f][\u300d\u300f\u201d\u2019\uff09\"')\]]*\s*")
-_WS_RE = re.compile(r"\s")
+_SENT_RE = re.compile(
+    r"[.!?][\"'\u201d\u2019)\]]*\s+"
+    r"|[\u3002\uff01\uff1f][\u300d\u300f\u201d\u2019\uff09\"')\]]*\s*"
+)
+# Whitespace as the BERT normalizer sees it (Python's \s also matches control characters such as
+# \x0b or \x1c, which the tokenizer deletes, gluing the words on either side together).
+_WS_RE = re.compile("[\t\n\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
 
 def _is_cjk(ch: str) -> bool:
@@ -371,7 +377,9 @@ class _Doc:
     def count(self, s: int, k: int) -> int:
         return len(self.tokenizer.encode(self.span_text(s, k)[2], add_special_tokens=False))
 
-    def pick_cut(self, s: int) -> tuple[int, int]:
+    def pick_cut(self, s: int, floor: int) -> tuple[int, int]:
+        """Best cut for the chunk starting at token s; it must lie past ``floor`` (the previous
+        chunk's end), so that an overlapping chunk never ends inside the previous one."""
         n, size = self.n, self.size
         if n - s <= size:
             return n, _END
@@ -386,11 +394,17 @@ class _Doc:
             if k not in forbidden and self.word_start(k):
                 return k, _WORD
         # No word boundary in the window: a shorter chunk beats cutting a word.
-        for k in range(lo, s, -1):
+        floor = max(floor, s)
+        for k in range(lo, floor, -1):
             if k not in forbidden and self.word_start(k):
                 return k, _WORD
-        for k in range(hi, s, -1):
-            if k not in forbidden and self.after_punct(k):
+        # Only a heading line longer than a whole chunk gets here: it has to be cut somewhere.
+        if forbidden:
+            for k in range(hi, floor, -1):
+                if self.word_start(k):
+                    return k, _WORD
+        for k in range(hi, floor, -1):
+            if self.after_punct(k):
                 return k, _PUNCT
         return hi, _MIDWORD
 
@@ -401,17 +415,26 @@ class _Doc:
         i = bisect_left(self.blocks, k) - 1  # latest paragraph/heading start before k
         if i >= 0 and self.blocks[i] >= floor:
             floor = self.blocks[i]
-        for j in range(max(floor, s + 1), k):
+        floor = max(floor, s + 1)
+        # A sentence (or line) start in the first half of the overlap reads better than a word start.
+        mid = floor + (k - floor) // 2
+        for ks in (self.sents, self.lines):
+            i = bisect_left(ks, floor)
+            if i < len(ks) and ks[i] <= mid:
+                return ks[i]
+        for j in range(floor, k):
             if j not in self.forbidden and self.word_start(j):
                 return j
         return k
 
-    def fit(self, s: int, k: int) -> int:
-        """Largest cut <= k whose chunk, re-tokenized alone, fits: last word boundary first."""
+    def fit(self, s: int, k: int, floor: int) -> int:
+        """Largest cut <= k whose chunk, re-tokenized alone, fits: the last word boundary past
+        ``floor`` (the previous chunk's end) first, then any token boundary."""
         size = self.size
         if self.count(s, k) <= size:
             return k
-        for j in range(k - 1, s, -1):
+        floor = max(floor, s)
+        for j in range(k - 1, floor, -1):
             if self.word_start(j) and self.count(s, j) <= size:
                 return j
         for j in range(k - 1, s, -1):
@@ -423,12 +446,13 @@ class _Doc:
         """Token ranges [s, k) of the chunks. Chunks whose start or end falls inside a word (where
         re-tokenizing may disagree) are verified now; the caller re-tokenizes everything anyway."""
         plan: list[tuple[int, int]] = []
-        s = 0
+        s = k = 0
         start_midword = False
         while s < self.n:
-            k, rank = self.pick_cut(s)
+            prev_end = k
+            k, rank = self.pick_cut(s, prev_end)
             if verify_all or start_midword or rank == _MIDWORD:
-                fitted = self.fit(s, k)
+                fitted = self.fit(s, k, prev_end)
                 if fitted != k:
                     k, rank = fitted, _PARA  # shrunk: no overlap
             plan.append((s, k))

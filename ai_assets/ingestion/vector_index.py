@@ -93,7 +93,7 @@ class DesiredChunk:
 
 @dataclass
 class SyncPlan:
-    new_ids: set[str]
+    new_ids: set[str]  # to write: not indexed yet, or indexed with a damaged payload (`repaired`)
     stale_ids: list[str]
     preserved: int  # points of unreadable sources/documents kept as they were
     unchanged_chunks: int
@@ -101,6 +101,7 @@ class SyncPlan:
     documents_changed: int
     documents_removed: int
     documents_unchanged: int
+    repaired: int = 0
     final_ids: set[str] = field(repr=False, default_factory=set)
 
 
@@ -117,6 +118,10 @@ def plan_sync(
     """
     unavailable, unreadable = set(unavailable_sources), set(unreadable_doc_ids)
     new_ids = {cid for cid in desired if cid not in existing}
+    # An id is derived from content, so a point whose payload disagrees with it was damaged (edited by
+    # hand, or written by something else): it is rewritten like a new one.
+    repaired = {cid for cid, c in desired.items() if cid in existing and existing[cid].chunk_hash != c.chunk_hash}
+    new_ids |= repaired
     stale_ids, preserved = [], 0
     for point_id, point in existing.items():
         if point_id in desired:
@@ -149,6 +154,7 @@ def plan_sync(
         documents_changed=changed,
         documents_removed=removed,
         documents_unchanged=len(desired_by_doc) - added - changed,
+        repaired=len(repaired),
         final_ids=(set(existing) - stale_set) | new_ids,
     )
 
@@ -248,7 +254,7 @@ def apply_sync(
     """Write the plan's new points (embedding only text the index has never seen), then delete stale ones."""
     stats = SyncStats()
     # A chunk whose exact text is already indexed (a moved paragraph, a renamed file) keeps its vector.
-    donors = {p.chunk_hash: pid for pid, p in existing.items() if p.chunk_hash}
+    donors = {p.chunk_hash: pid for pid, p in existing.items() if p.chunk_hash and pid not in plan.new_ids}
     progress = Progress("embedding", len(plan.new_ids), log, every_s=progress_every_s, unit="chunks")
     writer = _PointWriter(client, collection, upsert_batch)
     try:

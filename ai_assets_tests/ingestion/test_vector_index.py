@@ -80,3 +80,11 @@ def test_fingerprints_and_versions_are_deterministic() -> None:
     assert collection_fingerprint(identity, "c1") != collection_fingerprint({**identity, "model": "n"}, "c1")
     assert index_data_version(["b", "a"]) == index_data_version(["a", "b"])
     assert index_data_version(["a", "b"]) != index_data_version(["a", "c"])
+
+
+def test_point_with_a_payload_that_disagrees_with_its_id_is_rewritten() -> None:
+    desired = {"a1": DesiredChunk("a", "h1"), "a2": DesiredChunk("a", "h2")}
+    existing = {"a1": point("a", "h1"), "a2": IndexedPoint(doc_id="", source="", chunk_hash="")}
+    plan = plan_sync(desired, existing)
+    assert plan.new_ids == {"a2"} and plan.repaired == 1
+    assert plan.stale_ids == [] and plan.final_ids == {"a1", "a2"}

@@ -1,0 +1,80 @@
+"""Bad sources are reported by name, the rest ingests, and nothing already indexed is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from qdrant_client import models
+
+from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets_tests.conftest import scifact_records, write_markdown_corpus
+from ai_assets_tests.http_fixture import Routes, serve
+from ai_assets_tests.ingestion.harness import check_results, ingest, materialization, qdrant_client
+
+pytestmark = pytest.mark.slow
+
+
+def points_of(data_dir: Path, doc_id: str) -> set[str]:
+    client = qdrant_client(data_dir)
+    try:
+        points, _ = client.scroll(
+            "knowledge-base",
+            limit=1000,
+            scroll_filter=models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]),
+        )
+        return {str(p.id) for p in points}
+    finally:
+        client.close()
+
+
+def warnings_of(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> str:
+    return "\n".join(e.user_message for e in instance.all_logs(result.run_id) if e.level >= 30)
+
+
+def test_unreadable_sources_are_reported_and_keep_their_points(
+    tmp_path: Path, data_dir: Path, instance: dg.DagsterInstance, embedding_model: EmbeddingModelResource
+) -> None:
+    docs = tmp_path / "docs"
+    good = write_markdown_corpus(docs, scifact_records(3, offset=300))
+    (docs / "records.jsonl").write_text(
+        '{"_id": "r1", "title": "Zebrafish", "text": "Zebrafish regenerate fin tissue."}\n'
+        '{"_id": "r2", "title": "Broken", "text": "no closing brace"\n'
+    )
+    (docs / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (docs / "empty.md").write_text("\n\n")
+    routes = Routes(pages={"/page.md": (200, "text/markdown", b"# Remote page\n\nServed over HTTP for the test.\n")})
+    with serve(routes) as base:
+        url = f"{base}/page.md"
+        sources = f"docs={docs},web={url},ghost={tmp_path / 'does-not-exist'}"
+
+        first = ingest(sources, instance, embedding_model, http_timeout_s=2.0)
+        assert first.success
+        raw = materialization(first, "raw_documents")
+        assert raw["documents"] == 3 + 1 + 1  # markdown pages, the valid JSONL record, the URL
+        assert raw["sources_unavailable"] == 1
+        preview = raw["problems_preview"]
+        assert f"{docs / 'records.jsonl'}:2" in preview  # malformed JSONL named as file:line
+        assert "latin1.txt" in preview and "empty.md" in preview and "does-not-exist" in preview
+        log = warnings_of(instance, first)
+        assert "ghost" in log and "records.jsonl:2" in log
+        assert all(check_results(first).values()), check_results(first)
+        url_points = points_of(data_dir, url)
+        page_points = points_of(data_dir, f"docs/{good[0].name}")
+        assert url_points and page_points
+
+        # The server now answers 404 and one page stops decoding: both keep what they had indexed.
+        routes.pages["/page.md"] = (404, "text/plain", b"gone")
+        good[0].write_bytes(b"\xff\xfe broken bytes")
+        second = ingest(sources, instance, embedding_model, http_timeout_s=2.0)
+    assert second.success
+    emb = materialization(second, "document_embeddings")
+    assert emb["points_preserved"] == len(url_points) + len(page_points)
+    assert emb["chunks_deleted"] == 0
+    assert points_of(data_dir, url) == url_points
+    assert points_of(data_dir, f"docs/{good[0].name}") == page_points
+    raw = materialization(second, "raw_documents")
+    assert "HTTP 404" in raw["problems_preview"] and raw["sources_unavailable"] == 2
+    assert all(check_results(second).values()), check_results(second)
+

@@ -1,0 +1,97 @@
+"""The asset checks pass on a healthy index and fail on a damaged one."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+from qdrant_client import models
+
+from ai_assets.ingestion.assets import CHUNK_SCHEMA
+from ai_assets.ingestion.checks import chunk_ids_unique, chunks_not_empty
+from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.storage import TableWriter
+from ai_assets_tests.conftest import scifact_records, write_markdown_corpus
+from ai_assets_tests.ingestion.harness import alias_target, ingest, qdrant_client, run_index_checks
+
+
+def chunk_row(chunk_id: str, text: str, tokens: int) -> dict:
+    return {
+        "chunk_id": chunk_id,
+        "doc_id": "docs/a.md",
+        "source": "docs",
+        "uri": "/a.md",
+        "title": "A",
+        "chunk_index": 0,
+        "chunk_hash": "h",
+        "doc_hash": "d",
+        "token_count": tokens,
+        "text": text,
+    }
+
+
+def table(tmp_path: Path, rows: list[dict]):
+    writer = TableWriter(tmp_path / "chunks.parquet", CHUNK_SCHEMA)
+    writer.write_many(rows)
+    return writer.close()
+
+
+def test_chunk_checks_pass_and_fail(tmp_path: Path, embedding_model: EmbeddingModelResource) -> None:
+    healthy = table(tmp_path, [chunk_row("a", "alpha", 1), chunk_row("b", "beta", 1)])
+    assert chunk_ids_unique(document_chunks=healthy).passed
+    assert chunks_not_empty(document_chunks=healthy, embedding_model=embedding_model).passed
+
+    duplicated = table(tmp_path, [chunk_row("a", "alpha", 1), chunk_row("a", "alpha", 1)])
+    result = chunk_ids_unique(document_chunks=duplicated)
+    assert not result.passed and result.metadata["duplicate_ids"].value == 1
+
+    bad = table(tmp_path, [chunk_row("a", "  ", 0), chunk_row("b", "long " * 300, 300)])
+    result = chunks_not_empty(document_chunks=bad, embedding_model=embedding_model)
+    assert not result.passed
+    assert result.metadata["empty_chunks"].value == 1
+    assert result.metadata["chunks_over_model_limit"].value == 1
+
+
+@pytest.mark.slow
+def test_index_checks_fail_on_a_damaged_index(
+    tmp_path: Path, data_dir: Path, instance: dg.DagsterInstance, embedding_model: EmbeddingModelResource
+) -> None:
+    write_markdown_corpus(tmp_path / "docs", scifact_records(4, offset=400))
+    sources = f"docs={tmp_path / 'docs'}"
+    assert ingest(sources, instance, embedding_model).success
+    healthy = run_index_checks(sources, instance, embedding_model)
+    assert {name: e.passed for name, e in healthy.items()} == {
+        "point_count_matches_chunks": True,
+        "vector_dimension_matches_model": True,
+        "smoke_retrieval": True,
+    }
+    # Nothing changed since the run's own probe: the check reuses its verification.
+    assert healthy["smoke_retrieval"].metadata["verified_this_run"].value is False
+
+    collection = alias_target(data_dir)
+    client = qdrant_client(data_dir)
+    try:
+        stray = str(uuid.uuid4())
+        client.upsert(collection, [models.PointStruct(id=stray, vector=[0.1] * 384, payload={"doc_id": "x", "source": "docs"})])
+        probe = healthy["smoke_retrieval"].metadata["probe_chunk_id"].value
+        # The probe's vector replaced by an unrelated one: it must no longer be found first.
+        client.upsert(collection, [models.PointStruct(id=probe, vector=[1.0] + [0.0] * 383, payload={})])
+    finally:
+        client.close()
+
+    damaged = run_index_checks(sources, instance, embedding_model)
+    assert damaged["point_count_matches_chunks"].passed is False
+    assert damaged["point_count_matches_chunks"].metadata["stale_points"].value == 1
+    assert damaged["smoke_retrieval"].passed is False
+    assert damaged["smoke_retrieval"].metadata["verified_this_run"].value is True
+    assert damaged["vector_dimension_matches_model"].passed is True
+
+    # The next materialization repairs the index and the checks pass again.
+    repaired = ingest(sources, instance, embedding_model)
+    assert all(e.passed for e in repaired.get_asset_check_evaluations())
+    events = {e.asset_key.to_user_string(): e for e in repaired.get_asset_materialization_events()}
+    metadata = events["document_embeddings"].materialization.metadata
+    assert metadata["points_repaired"].value == 1 and metadata["chunks_deleted"].value == 1
