@@ -20,8 +20,9 @@ Greedily, from the start of the document, each chunk starting at token ``s``:
   directly after one, so a heading is never left alone at the end of a chunk. ``#`` lines inside
   fenced code blocks are not headings;
 * if the window holds no word boundary at all, it cuts at the latest word boundary before the window,
-  then after the latest punctuation character, and only then inside a word (a "word" longer than the
-  whole chunk, e.g. a long URL-less blob or an unspaced kana run);
+  then inside a heading line longer than a chunk, then after the latest punctuation character, and
+  only then inside a word (one of more than ``chunk_size`` word pieces; note that BERT turns any
+  word over 100 characters into a single [UNK] token);
 * cuts at a line break / sentence end / word boundary fall inside a paragraph, so the next chunk starts
   ``chunk_overlap`` tokens earlier (never further back than the start of the current paragraph, never
   more than half of the current chunk), snapped forward to a sentence or line start if one lies in
@@ -30,6 +31,9 @@ Greedily, from the start of the document, each chunk starting at token ``s``:
 
 Every chunk is re-tokenized on its own; ``token_count`` is that count and is always <= ``chunk_size``
 (a chunk that would exceed it is shrunk at the last word boundary, token by token as a last resort).
+No chunk is empty; blank text, and text the tokenizer drops entirely (control characters), give [].
+Characters the tokenizer drops between two chunks stay in the earlier one, so every non-whitespace
+character of the document lies in some chunk.
 
 Locality: a cut depends only on the text up to ``chunk_size`` tokens past the chunk's start, so an
 edit leaves every chunk whose ``start + chunk_size`` token window ends before the edit unchanged, and
@@ -158,26 +162,20 @@ def chunk_texts(
         if doc.n:
             planned.append((i, doc, doc.plan(verify_all=False)))
 
-    # Re-tokenize every chunk on its own (one parallel batch) for the real token counts.
-    spans = [(i, doc, doc.span_text(s, k)) for i, doc, plan in planned for s, k in plan]
-    counts = _count_tokens(tokenizer, [span[2][2] for span in spans])
+    # Re-tokenize every chunk on its own (one parallel batch): token_count is what the model sees.
+    spans = [doc.span_text(s, k) for _, doc, plan in planned for s, k in plan]
+    counts = _count_tokens(tokenizer, [t for _, _, t in spans])
     pos = 0
-    redo: list[tuple[int, _Doc]] = []
     for i, doc, plan in planned:
-        doc_counts = counts[pos:pos + len(plan)]
-        doc_spans = [span[2] for span in spans[pos:pos + len(plan)]]
+        doc_spans, doc_counts = spans[pos:pos + len(plan)], counts[pos:pos + len(plan)]
         pos += len(plan)
         if max(doc_counts) > settings.chunk_size:
-            redo.append((i, doc))  # a "safe" cut was not; rare: redo verifying every chunk
-            continue
-        results[i] = _make_chunks(doc_spans, doc_counts)
-
-    for i, doc in redo:
-        plan = doc.plan(verify_all=True)
-        doc_spans = [doc.span_text(s, k) for s, k in plan]
-        doc_counts = _count_tokens(tokenizer, [t for _, _, t in doc_spans])
-        if max(doc_counts) > settings.chunk_size:  # pragma: no cover - _fit guarantees this
-            raise AssertionError("chunker produced a chunk over chunk_size; please report")
+            # A cut assumed safe was not (a tokenizer that is not BERT-like): plan this document
+            # again, re-tokenizing every chunk as it is chosen and shrinking it until it fits.
+            doc_spans = [doc.span_text(s, k) for s, k in doc.plan(verify_all=True)]
+            doc_counts = _count_tokens(tokenizer, [t for _, _, t in doc_spans])
+            if max(doc_counts) > settings.chunk_size:  # pragma: no cover - fit() prevents this
+                raise AssertionError("chunker produced a chunk over chunk_size; please report")
         results[i] = _make_chunks(doc_spans, doc_counts)
     return results
 

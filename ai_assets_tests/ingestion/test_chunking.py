@@ -282,13 +282,14 @@ def test_randomized_documents_keep_all_invariants(tok):
 def _assert_heading_rules(doc, chunks, tok, settings):
     for i, c in enumerate(chunks):
         lines = c.text.split("\n")
-        # A heading is never left alone at the end of a chunk (unless the heading line alone is
-        # longer than a chunk, and has to be cut).
+        # A heading is never left alone at the end of a chunk (unless the heading line and the
+        # word after it do not fit in one chunk together).
         if HEADING_LINE.match(lines[-1]):
             line_start = doc.rfind("\n", 0, c.end) + 1
             line_end = doc.find("\n", c.end)
             full_line = doc[line_start:line_end if line_end >= 0 else len(doc)]
-            assert n_tokens(tok, full_line) >= settings.chunk_size, (
+            next_word = (doc[line_end:].split(maxsplit=1) or [""])[0] if line_end >= 0 else ""
+            assert n_tokens(tok, f"{full_line} {next_word}") > settings.chunk_size, (
                 f"chunk {i} ends with a heading: {lines[-1]!r}"
             )
         if i + 1 == len(chunks):
@@ -440,12 +441,21 @@ def test_no_overlap_across_paragraph_breaks(tok):
 def test_overlap_does_not_reach_into_previous_paragraph(tok):
     rng = random.Random(12)
     settings = ChunkingSettings(64, 30)
-    first = _text_with_tokens(tok, 25, rng)
-    doc = f"{first}\n\n{_sentences(rng, 300)}"
+
+    def words(n: int) -> str:  # n one-token words, no punctuation
+        return " ".join(rng.choice(["retrieval", "index", "vector", "model", "query"]) for _ in range(n))
+
+    first = words(25)  # a paragraph (say, a list item) that does not end a sentence
+    second = f"{words(13)}. {words(80)}"
+    doc = f"{first}\n\n{second}"
+    assert n_tokens(tok, first) == 25 and n_tokens(tok, second) == 94
     chunks = chunk_text(doc, tok, settings)
     assert_valid_chunks(doc, chunks, tok, settings, whole_words=True)
-    assert chunks[0].text.startswith(first) and len(chunks) > 3
-    assert all(first not in c.text for c in chunks[1:])
+    # Cut at the only sentence end in the window (token 39); 30 tokens of overlap would reach back
+    # to token 9, deep inside the first paragraph; half the chunk (token 20) still would.
+    assert chunks[0].text == f"{first}\n\n{second.split('.')[0]}."
+    assert chunks[1].text.startswith(second[:40])  # starts at the paragraph start instead
+    assert chunks[1].start == doc.index(second)
 
 
 # --------------------------------------------------------------------------------------------------

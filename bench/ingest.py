@@ -1,0 +1,216 @@
+"""Ingestion benchmark: every figure measured side by side in one run, printed as `key: value` lines.
+
+    python bench/ingest.py --quick      # 200 documents, a few minutes
+    python bench/ingest.py              # 2,000 documents
+    python bench/ingest.py --scifact    # BEIR SciFact: nDCG@10 of the ingested index (~15 min)
+
+Documents are SciFact abstracts written as Markdown pages (title heading, two paragraphs). The model is
+loaded before anything is timed, so model load is excluded from every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SCIFACT = REPO.parent / "shared" / "datasets" / "scifact"
+
+
+def emit(key: str, value: object) -> None:
+    print(f"{key}: {value}", flush=True)
+
+
+def write_corpus(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    with (SCIFACT / "corpus.jsonl").open() as f:
+        for line, _ in zip(f, range(n), strict=False):
+            record = json.loads(line)
+            sentences = record["text"].split(". ")
+            half = max(1, len(sentences) // 2)
+            body = ". ".join(sentences[:half]) + "\n\n" + ". ".join(sentences[half:])
+            path = folder / f"{record['_id']}.md"
+            path.write_text(f"# {record['title']}\n\n{body}\n")
+            paths.append(path)
+    return paths
+
+
+def job_runner(sources: str, model):
+    import dagster as dg
+
+    import ai_assets.ingestion.definitions as ingestion
+    from ai_assets.resources.qdrant import QdrantResource
+    from ai_assets.resources.sources import DocumentSourcesResource
+    from ai_assets.storage import ParquetTableIOManager
+
+    defs = dg.Definitions(
+        assets=ingestion.defs.assets,
+        asset_checks=ingestion.defs.asset_checks,
+        jobs=ingestion.defs.jobs,
+        resources={
+            "qdrant": QdrantResource(),
+            "embedding_model": model,
+            "document_sources": DocumentSourcesResource(sources=sources),
+            "table_io_manager": ParquetTableIOManager(),
+        },
+    )
+    job = defs.resolve_job_def("rag_ingestion")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run() -> tuple[float, dict]:
+        started = time.perf_counter()
+        result = job.execute_in_process(instance=instance)
+        elapsed = time.perf_counter() - started
+        assert result.success
+        failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+        assert not failed, failed
+        metadata = {}
+        for event in result.get_asset_materialization_events():
+            for key, value in event.materialization.metadata.items():
+                metadata[f"{event.asset_key.to_user_string()}.{key}"] = value.value
+        return elapsed, metadata
+
+    return run
+
+
+def chunk_table():
+    import dagster as dg
+
+    from ai_assets.storage import latest_table
+
+    return latest_table(dg.AssetKey("document_chunks"))
+
+
+def incremental(args: argparse.Namespace, work: Path) -> None:
+    from ai_assets.ingestion.audit import audit_collection, expected_chunk_ids
+    from ai_assets.ingestion.chunking import ChunkingSettings, chunk_texts
+    from ai_assets.ingestion.sources import Document, HttpSettings, parse_source_specs, read_source
+    from ai_assets.resources.embeddings import EmbeddingModelResource
+
+    n = 200 if args.quick else args.docs
+    paths = write_corpus(work / "docs", n)
+    sources = f"docs={work / 'docs'}"
+    model = EmbeddingModelResource()
+    st_model = model._load()
+    st_model.encode(["warm up"], batch_size=model.batch_size)
+    emit("documents", n)
+
+    # Baseline: SentenceTransformer.encode of exactly the chunk texts ingestion will embed.
+    specs = parse_source_specs(sources)
+    docs = [d for d in read_source(specs[0], http=HttpSettings(), cache_dir=work / "c") if isinstance(d, Document)]
+    settings = ChunkingSettings()
+    texts = [c.text for chunks in chunk_texts([d.text for d in docs], model.tokenizer(), settings) for c in chunks]
+    started = time.perf_counter()
+    st_model.encode(texts, batch_size=model.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    encode_s = time.perf_counter() - started
+
+    run = job_runner(sources, model)
+    full_s, meta = run()
+    emit("chunks", len(texts))
+    emit("encode_s", round(encode_s, 2))
+    emit("ingest_s", round(full_s, 2))
+    emit("ingest_vs_encode_ratio", round(full_s / encode_s, 3))
+    emit("embedding_throughput_chunks_per_s", meta["document_embeddings.embedding_throughput_chunks_per_s"])
+
+    noop_s, meta = run()
+    emit("noop_rerun_s", round(noop_s, 3))
+    emit("noop_rerun_fraction", round(noop_s / full_s, 4))
+    emit("noop_rerun_embedded", meta["document_embeddings.chunks_embedded"])
+
+    before = chunk_table().read_columns(["chunk_id", "chunk_hash"])
+    old_ids, old_hashes = set(before.column("chunk_id").to_pylist()), set(before.column("chunk_hash").to_pylist())
+    step = 100  # 1% changed, a different 1% deleted
+    for path in paths[::step]:
+        path.write_text(path.read_text().rstrip("\n") + " This sentence was edited by the benchmark.\n")
+    for path in paths[step // 2 :: step]:
+        path.unlink()
+    change_s, meta = run()
+    after = chunk_table().read_columns(["chunk_id", "chunk_hash"])
+    new_ids = set(after.column("chunk_id").to_pylist()) - old_ids
+    new_texts = set(after.column("chunk_hash").to_pylist()) - old_hashes
+    emit("one_percent_change_s", round(change_s, 3))
+    emit("one_percent_change_fraction", round(change_s / full_s, 4))
+    emit("one_percent_change_embedded", meta["document_embeddings.chunks_embedded"])
+    emit("one_percent_change_new_chunks", len(new_ids))
+    emit("one_percent_change_new_chunk_texts", len(new_texts))
+    emit("one_percent_change_deleted", meta["document_embeddings.chunks_deleted"])
+
+    expected = expected_chunk_ids(specs, model.tokenizer(), settings, work / "c")
+    from qdrant_client import QdrantClient
+
+    from ai_assets.storage import data_dir
+
+    client = QdrantClient(path=str(data_dir() / "qdrant"))
+    report = audit_collection(client, "knowledge-base", expected)
+    client.close()
+    emit("stale_points", report.stale_points)
+    emit("duplicate_points", report.duplicate_points)
+    emit("missing_points", report.missing_points)
+    emit("peak_rss_mb", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+
+
+def scifact(work: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    from ai_assets.evaluation.metrics import mean, ndcg_at_k, recall_at_k
+    from ai_assets.evaluation.retrieval import search_documents
+    from ai_assets.resources.embeddings import EmbeddingModelResource
+    from ai_assets.storage import data_dir
+
+    model = EmbeddingModelResource()
+    model._load().encode(["warm up"])
+    run = job_runner(f"scifact={SCIFACT / 'corpus.jsonl'}", model)
+    ingest_s, meta = run()
+    emit("scifact_documents", meta["raw_documents.documents"])
+    emit("scifact_chunks", meta["document_chunks.chunks"])
+    emit("scifact_ingest_s", round(ingest_s, 1))
+
+    qrels: dict[str, dict[str, float]] = {}
+    with (SCIFACT / "qrels" / "test.tsv").open(newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            qrels.setdefault(row["query-id"].strip(), {})[row["corpus-id"].strip()] = float(row["score"])
+    queries = {}
+    with (SCIFACT / "queries.jsonl").open() as f:
+        for line in f:
+            q = json.loads(line)
+            if q["_id"] in qrels:
+                queries[q["_id"]] = q["text"]
+    ids = sorted(queries)
+    vectors = model.encode([queries[i] for i in ids])
+    client = QdrantClient(path=str(data_dir() / "qdrant"))
+    ranked = search_documents(client, "knowledge-base", vectors, top_documents=100)
+    client.close()
+    ndcg, recall = [], []
+    for qid, docs in zip(ids, ranked, strict=True):
+        order = [doc.split("#", 1)[1] for doc, _ in docs]
+        ndcg.append(ndcg_at_k(order, qrels[qid], 10))
+        recall.append(recall_at_k(order, qrels[qid], 100))
+    emit("scifact_queries", len(ids))
+    emit("scifact_ndcg_at_10", round(mean(ndcg), 5))
+    emit("scifact_recall_at_100", round(mean(recall), 5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200 documents instead of --docs")
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--scifact", action="store_true", help="SciFact nDCG@10 instead of the incremental figures")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        work = Path(tmp)
+        os.environ["AI_ASSETS_DATA_DIR"] = str(work / "data")
+        scifact(work) if args.scifact else incremental(args, work)
+
+
+if __name__ == "__main__":
+    main()
