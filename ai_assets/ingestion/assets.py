@@ -89,6 +89,7 @@ def raw_documents(
     seen: set[str] = set()
     chars = 0
     cache_dir = data_dir() / "cache" / "http"
+    progress = Progress("reading sources", 0, context.log.info, unit="documents")
     try:
         for spec in specs:
             for item in read_source(spec, http=document_sources.http_settings(), cache_dir=cache_dir):
@@ -105,6 +106,7 @@ def raw_documents(
                 per_source[spec.name] += 1
                 chars += len(item.text)
                 version.update(f"{item.doc_id}\x00{item.content_hash}\n".encode())
+                progress.advance()
     except BaseException:
         writer.abort()
         raise
@@ -240,8 +242,9 @@ class EmbeddingsConfig(dg.Config):
     # Chunks read from disk and encoded per window: bounds memory, and the model sorts each window by
     # length so padding stays low.
     encode_window: int = 2048
-    # Superseded collections (older model or chunking) kept for rollback after an alias swap.
-    keep_previous_collections: int = 0
+    # After an alias swap, keep the collection it replaced (for instant rollback) instead of dropping
+    # it. Embedded Qdrant loads every collection in its folder at open, so the default drops it.
+    keep_previous_collection: bool = False
 
 
 @dg.asset(
@@ -307,7 +310,7 @@ def document_embeddings(
     if serving != target:
         qdrant.point_alias_at(target)
         context.log.info(f"Alias '{qdrant.alias}' now points at {target} (was {serving})")
-        dropped = _drop_superseded(qdrant, target, serving, config.keep_previous_collections)
+        dropped = _drop_superseded(qdrant, target, serving, config.keep_previous_collection)
 
     points = client.count(target, exact=True).count
     return dg.MaterializeResult(
@@ -341,12 +344,12 @@ def document_embeddings(
     )
 
 
-def _drop_superseded(qdrant: QdrantResource, target: str, previous: str | None, keep: int) -> list[str]:
-    """Delete this alias's older collections, keeping the one just replaced when `keep` > 0."""
+def _drop_superseded(qdrant: QdrantResource, target: str, previous: str | None, keep_previous: bool) -> list[str]:
+    """Delete this alias's older collections, except the one just replaced when `keep_previous`."""
     client = qdrant.get_client()
     names = [c.name for c in client.get_collections().collections]
     ours = [n for n in names if n.startswith(f"{qdrant.alias}-") and n != target]
-    kept = {previous} if keep > 0 and previous else set()
+    kept = {previous} if keep_previous and previous else set()
     dropped = [n for n in ours if n not in kept]
     for name in dropped:
         client.delete_collection(name)

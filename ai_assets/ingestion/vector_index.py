@@ -259,13 +259,12 @@ def apply_sync(
     writer = _PointWriter(client, collection, upsert_batch)
     try:
         for rows in _windows(chunks, plan.new_ids, window):
-            vectors = _vectors_for(rows, client, collection, donors, encode, stats)
+            vectors = _vectors_for(rows, client, collection, donors, encode, stats, progress.advance)
             writer.put(
                 [r["chunk_id"] for r in rows],
                 vectors,
                 [{k: r[k] for k in PAYLOAD_COLUMNS} for r in rows],
             )
-            progress.advance(len(rows))
     finally:
         writer.close()
     stats.upserted, stats.write_s = writer.written, writer.write_s
@@ -290,6 +289,8 @@ def _vectors_for(
     donors: Mapping[str, str],
     encode: Callable[[list[str]], np.ndarray],
     stats: SyncStats,
+    advance: Callable[[int], None],
+    slice_size: int = 256,
 ) -> list[list[float]]:
     by_hash: dict[str, list[float]] = {}
     donor_ids = sorted({donors[r["chunk_hash"]] for r in rows if r["chunk_hash"] in donors})
@@ -301,13 +302,19 @@ def _vectors_for(
     for r in rows:
         if r["chunk_hash"] not in by_hash:
             texts.setdefault(r["chunk_hash"], r["text"])
-    if texts:
+    # Longest first, in slices: as little padding as one big sorted encode call, and a progress line
+    # every few seconds instead of once a window.
+    pending = sorted(texts.items(), key=lambda item: -len(item[1]))
+    for start in range(0, len(pending), slice_size):
+        part = pending[start : start + slice_size]
         started = time.perf_counter()
-        encoded = encode(list(texts.values()))
+        encoded = encode([text for _, text in part])
         stats.encode_s += time.perf_counter() - started
-        stats.embedded += len(texts)
-        for chunk_hash, vector in zip(texts, encoded.tolist(), strict=True):
+        for (chunk_hash, _), vector in zip(part, encoded.tolist(), strict=True):
             by_hash[chunk_hash] = vector
+        advance(len(part))
+    stats.embedded += len(texts)
     # Every row not freshly encoded got a vector already computed: from the index, or its twin here.
     stats.reused += len(rows) - len(texts)
+    advance(len(rows) - len(texts))
     return [by_hash[r["chunk_hash"]] for r in rows]
