@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,27 +31,24 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_definitions_validate_and_load_fast(cli_env: dict[str, str]) -> None:
+def test_definitions_validate_without_heavy_imports(cli_env: dict[str, str]) -> None:
     result = run(["definitions", "validate", "-m", "ai_assets.definitions"], cli_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
     # The webserver and daemon import the code location often: heavy ML libraries must load lazily.
     probe = (
-        "import sys, time; t = time.perf_counter(); import ai_assets.definitions; "
-        "print(time.perf_counter() - t); "
-        "print('heavy:' + ','.join(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))"
+        "import sys; import ai_assets.definitions; "
+        "print(','.join(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], env=cli_env, cwd=REPO_ROOT, capture_output=True, text=True)
-    seconds, heavy = out.stdout.strip().splitlines()
-    assert heavy == "heavy:", f"imported at load time: {heavy}"
-    assert float(seconds) < 10
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"imported when the code location loads: {out.stdout.strip()}"
 
 
 @pytest.mark.slow
 def test_cli_materialize_ingests_and_runs_checks(tmp_path: Path, cli_env: dict[str, str]) -> None:
     write_markdown_corpus(tmp_path / "docs", scifact_records(3, offset=500))
     env = {**cli_env, "AI_ASSETS_SOURCES": f"docs={tmp_path / 'docs'}"}
-    started = time.monotonic()
     result = run(["asset", "materialize", "-m", "ai_assets.definitions", "--select", "raw_documents*"], env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -61,5 +57,4 @@ def test_cli_materialize_ingests_and_runs_checks(tmp_path: Path, cli_env: dict[s
     for check in ("chunk_ids_unique", "chunks_not_empty", "point_count_matches_chunks", "smoke_retrieval"):
         assert f"Asset check '{check}'" in output and "passed" in output
     assert "RUN_SUCCESS" in output
-    assert time.monotonic() - started < 240
     assert (tmp_path / "data" / "qdrant" / "meta.json").exists()
