@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets_tests.conftest import REPO_ROOT, scifact_records, write_markdown_corpus
+from ai_assets_tests.corpora import REPO_ROOT, scifact_records, write_markdown_corpus
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 

@@ -17,11 +17,13 @@ def search_documents(
     top_documents: int = 100,
     chunks_per_document: int = 3,
     batch_size: int = 64,
+    query_filter: object | None = None,
 ) -> list[list[tuple[str, float]]]:
     """For each query vector, documents ranked by their best-matching chunk (max-sim), best first.
 
     Asks for `top_documents * chunks_per_document` chunks so that long documents with several hits do
-    not crowd the document list below `top_documents`.
+    not crowd the document list below `top_documents`. `query_filter` (a qdrant `models.Filter`)
+    narrows the chunks searched, e.g. to each document's first chunk.
     """
     from qdrant_client import models
 
@@ -29,7 +31,7 @@ def search_documents(
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(query_vectors), batch_size):
         requests = [
-            models.QueryRequest(query=vector.tolist(), limit=limit, with_payload=["doc_id"])
+            models.QueryRequest(query=vector.tolist(), limit=limit, with_payload=["doc_id"], filter=query_filter)
             for vector in query_vectors[start : start + batch_size]
         ]
         for response in client.query_batch_points(collection, requests=requests):

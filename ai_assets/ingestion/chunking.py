@@ -55,6 +55,8 @@ from pathlib import Path
 
 import tokenizers
 
+from ai_assets.ingestion.text_formats import toggle_fence
+
 # Bump whenever a change to this module can change the chunks produced for some input.
 CHUNKER_VERSION = "1"
 
@@ -282,10 +284,7 @@ class _Doc:
         for m in _BLOCK_RE.finditer(text):
             marker = m.group("fence")
             if marker is not None:
-                if fence is None:
-                    fence = marker
-                elif marker[0] == fence[0] and len(marker) >= len(fence):
-                    fence = None
+                fence = toggle_fence(fence, marker)
                 continue
             if fence is not None:
                 continue

@@ -112,17 +112,23 @@ def _unquote_yaml_scalar(value: str) -> str | None:
     return value.strip() or None
 
 
+def toggle_fence(open_fence: str | None, marker: str) -> str | None:
+    """The open Markdown code fence after seeing `marker` (``` or ~~~, any length): it opens a fence,
+    or closes the open one when made of the same character and at least as long (CommonMark)."""
+    if open_fence is None:
+        return marker
+    if marker[0] == open_fence[0] and len(marker) >= len(open_fence):
+        return None
+    return open_fence
+
+
 def _first_h1(text: str) -> str | None:
     fence: str | None = None
     for line in text.split("\n"):
         fence_match = _FENCE.match(line)
         if fence_match:
-            marker = fence_match.group(1)
             # A "# comment" inside a shell snippet is not the page title.
-            if fence is None:
-                fence = marker
-            elif marker[0] == fence[0] and len(marker) >= len(fence):
-                fence = None
+            fence = toggle_fence(fence, fence_match.group(1))
             continue
         if fence is not None:
             continue

@@ -9,7 +9,7 @@ import pytest
 from qdrant_client import models
 
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets_tests.conftest import scifact_records, write_markdown_corpus
+from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.http_fixture import Routes, serve
 from ai_assets_tests.ingestion.harness import check_results, ingest, materialization, qdrant_client
 

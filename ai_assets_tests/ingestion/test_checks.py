@@ -14,7 +14,7 @@ from ai_assets.ingestion.assets import CHUNK_SCHEMA
 from ai_assets.ingestion.checks import chunk_ids_unique, chunks_not_empty
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.storage import TableWriter
-from ai_assets_tests.conftest import scifact_records, write_markdown_corpus
+from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.ingestion.harness import alias_target, ingest, qdrant_client, run_index_checks
 
 

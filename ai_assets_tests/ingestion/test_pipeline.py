@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets_tests.conftest import scifact_records, write_markdown_corpus
+from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.ingestion.harness import (
     alias_target,
     audit,
