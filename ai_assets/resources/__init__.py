@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.llm import OpenAIResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
 from ai_assets.storage import ParquetTableIOManager
@@ -49,4 +50,17 @@ def build_resources() -> dict[str, Any]:
             http_max_bytes=_env_int("HTTP_MAX_BYTES", 5_000_000),
         ),
         "table_io_manager": ParquetTableIOManager(),
+        # Neither OPENAI_BASE_URL nor OPENAI_API_KEY set: the embedded SmolLM2 server.
+        "llm": OpenAIResource(
+            base_url=_env("OPENAI_BASE_URL"),
+            api_key=_env("OPENAI_API_KEY"),
+            organization=_env("OPENAI_ORG_ID"),
+            project=_env("OPENAI_PROJECT_ID"),
+            model=_env("OPENAI_MODEL", ""),
+            timeout_s=_env_float("OPENAI_TIMEOUT_S", 120.0),
+            max_in_flight=_env_int("OPENAI_MAX_IN_FLIGHT", 16),
+            max_attempts=_env_int("OPENAI_MAX_ATTEMPTS", 6),
+            requests_per_minute=_env_float("OPENAI_REQUESTS_PER_MINUTE", None),
+            tokens_per_minute=_env_float("OPENAI_TOKENS_PER_MINUTE", None),
+        ),
     }
