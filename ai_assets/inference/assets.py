@@ -136,6 +136,8 @@ async def _run(context: dg.AssetExecutionContext, llm: OpenAIResource, items, le
             if llm.requests_per_minute or llm.tokens_per_minute
             else None,
             on_progress=lambda progress: context.log.info(str(progress)),
+            # Errors are recorded in outputs and logs: the key is scrubbed from them whatever its shape.
+            secrets=[llm.api_key] if llm.api_key else [],
         )
     finally:
         await client.close()

@@ -10,7 +10,6 @@ from ai_assets.inference.storage import file_digest, inbox_dir, partition_key_fo
 batch_inference = dg.define_asset_job(
     "batch_inference",
     selection=dg.AssetSelection.groups("inference"),
-    partitions_def=inference_files,
     description="Answer every request of one input file through the configured LLM endpoint.",
     tags={"domain": "inference"},
 )
