@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -190,6 +189,8 @@ async def raw_client(host: str, port: int, items, cap: int) -> float:
 async def bench(args: argparse.Namespace, work: Path) -> None:
     from ai_assets.inference.items import CallResult
     from ai_assets.inference.openai_call import make_openai_call
+    from ai_assets.inference.report import percentile
+
     Server = InProcessServer if args.in_process else ServerProcess
     n, cap = args.items, args.cap
     emit("items", n)
@@ -224,8 +225,8 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
     emit("ideal_items_per_s", ideal)
     emit("throughput_vs_ideal", throughput / ideal)
     emit("server_max_in_flight", ours_server_max)
-    emit("client_latency_p50_s", statistics.median(stats.latencies_s))
-    emit("client_latency_p95_s", stats.latency_percentile(95))
+    emit("client_latency_p50_s", round(percentile(stats.latencies_s, 50), 4))
+    emit("client_latency_p95_s", round(percentile(stats.latencies_s, 95), 4))
     emit("fixed_batches_s", results["fixed"])
     emit("ours_s", results["ours"])
     emit("speedup_vs_fixed_batches", results["fixed"] / results["ours"])

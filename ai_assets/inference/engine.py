@@ -73,13 +73,6 @@ class BatchStats:
     wall_s: float = 0.0
     max_in_flight_observed: int = 0
 
-    def latency_percentile(self, q: float) -> float | None:
-        """Nearest-rank percentile (q in [0, 100]) of successful-attempt latencies."""
-        if not self.latencies_s:
-            return None
-        ordered = sorted(self.latencies_s)
-        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-        return ordered[rank]
 
 
 @dataclass(order=True)
