@@ -47,3 +47,23 @@ def rank_documents(points: Sequence, top_documents: int) -> list[tuple[str, floa
         if doc not in best or point.score > best[doc]:
             best[doc] = point.score
     return sorted(best.items(), key=lambda item: -item[1])[:top_documents]
+
+
+def search_chunks(
+    client: QdrantClient, collection: str, query_vectors: np.ndarray, limit: int, batch_size: int = 64
+) -> list[list[tuple[str, str, float]]]:
+    """For each query vector, the `limit` best chunks as (doc_id, text, score): the contexts a RAG
+    answer is grounded in."""
+    from qdrant_client import models
+
+    results: list[list[tuple[str, str, float]]] = []
+    for start in range(0, len(query_vectors), batch_size):
+        requests = [
+            models.QueryRequest(query=vector.tolist(), limit=limit, with_payload=["doc_id", "text"])
+            for vector in query_vectors[start : start + batch_size]
+        ]
+        for response in client.query_batch_points(collection, requests=requests):
+            results.append(
+                [((p.payload or {}).get("doc_id", ""), (p.payload or {}).get("text", ""), p.score) for p in response.points]
+            )
+    return results
