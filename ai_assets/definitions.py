@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+import ai_assets.evaluation.definitions as evaluation
 import ai_assets.inference.definitions as inference
 import ai_assets.ingestion.definitions as ingestion
 from ai_assets.resources import build_resources
@@ -9,6 +10,7 @@ from ai_assets.resources import build_resources
 defs = dg.Definitions.merge(
     ingestion.defs,
     inference.defs,
+    evaluation.defs,
     dg.Definitions(
         resources=build_resources(),
         # Steps of other jobs run in parallel processes; two at a time on a 2-core machine, because

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 
 # Metrics where lower is better; everything else is higher-is-better.
-LOWER_IS_BETTER = frozenset({"answer_failures"})
+LOWER_IS_BETTER = frozenset({"answer_failures", "metric_errors"})
 
 DEFAULT_THRESHOLDS = {"ndcg_at_10": 0.5, "recall_at_10": 0.7, "mrr_at_10": 0.45, "hit_rate_at_5": 0.7}
 

@@ -1,0 +1,110 @@
+"""RAG quality end to end, offline: the sample corpus, its golden set, SmolLM2 answers, ragas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from qdrant_client import models
+
+import ai_assets.evaluation.definitions as evaluation
+from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.qdrant import QdrantResource
+from ai_assets.resources.sources import DocumentSourcesResource, sample_corpus_path
+from ai_assets.storage import ParquetTableIOManager
+from ai_assets_tests.ingestion.harness import ingest, qdrant_client
+
+pytestmark = pytest.mark.slow
+SAMPLE = f"sample_corpus={sample_corpus_path()}"
+
+
+def evaluation_defs(embedding_model: EmbeddingModelResource) -> dg.Definitions:
+    import ai_assets.ingestion.definitions as ingestion
+
+    return dg.Definitions(
+        assets=[*ingestion.defs.assets, *evaluation.defs.assets],
+        asset_checks=[*ingestion.defs.asset_checks, *evaluation.defs.asset_checks],
+        resources={
+            "qdrant": QdrantResource(lock_timeout_s=30),
+            "embedding_model": embedding_model,
+            "document_sources": DocumentSourcesResource(sources=SAMPLE),
+            "table_io_manager": ParquetTableIOManager(),
+            "llm": OpenAIResource(max_in_flight=2),
+        },
+    )
+
+
+def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, answered: int) -> dg.ExecuteInProcessResult:
+    job = dg.define_asset_job(
+        "evaluate_only", selection=dg.AssetSelection.groups("evaluation")
+    ).resolve(asset_graph=defs.resolve_asset_graph(), resource_defs=defs.resources)
+    return job.execute_in_process(
+        instance=instance,
+        run_config={"ops": {"rag_quality_metrics": {"config": {"max_answered_questions": answered, "answer_max_tokens": 48}}}},
+        raise_on_error=False,
+    )
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == asset:
+            return {k: v.value for k, v in event.materialization.metadata.items()}
+    raise AssertionError(f"{asset} not materialized")
+
+
+def test_quality_metrics_offline_then_a_regression_is_caught(
+    data_dir: Path, instance: dg.DagsterInstance, embedding_model: EmbeddingModelResource
+) -> None:
+    assert ingest(SAMPLE, instance, embedding_model).success
+    defs = evaluation_defs(embedding_model)
+
+    first = evaluate(defs, instance, answered=4)
+    assert first.success, first.all_events
+    meta = metadata(first, "rag_quality_metrics")
+    assert meta["questions"] == 30 and meta["questions_answered"] == 4
+    for name in ("ndcg_at_10", "mrr_at_10", "recall_at_10", "hit_rate_at_5", "ragas_score"):
+        assert 0.0 <= meta[name] <= 1.0, name
+    assert meta["ndcg_at_10"] >= 0.5  # the golden set was written against these pages
+    assert {"semantic_similarity", "rouge_l", "non_llm_string_similarity", "non_llm_context_recall"} <= set(meta["metrics"])
+    rows = [json.loads(line) for line in Path(meta["per_question"]).read_text().splitlines()]
+    assert len(rows) == 30 and sum(1 for r in rows if r.get("answer")) >= 3  # SmolLM2 answered
+    assert "| id | question |" in meta["worst_questions"]
+    checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
+    assert checks == {"metrics_meet_thresholds": True, "no_regression": True}
+
+    # Remove most of the knowledge base behind the alias: retrieval collapses, the gates must say so.
+    client = qdrant_client(data_dir)
+    try:
+        keep = "sample_corpus/concepts/rag-chunking-strategies.md"
+        client.delete(
+            "knowledge-base",
+            points_selector=models.FilterSelector(
+                filter=models.Filter(must_not=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=keep))])
+            ),
+        )
+    finally:
+        client.close()
+    second = evaluate(defs, instance, answered=0)
+    assert not second.success  # blocking checks failed
+    checks = {e.check_name: e for e in second.get_asset_check_evaluations()}
+    assert checks["no_regression"].passed is False
+    assert "ndcg_at_10" in checks["no_regression"].metadata["regressions"].value
+    assert checks["metrics_meet_thresholds"].passed is False
+
+
+def test_new_embeddings_trigger_a_new_evaluation(
+    data_dir: Path, instance: dg.DagsterInstance, embedding_model: EmbeddingModelResource
+) -> None:
+    defs = evaluation_defs(embedding_model)
+    assert ingest(SAMPLE, instance, embedding_model).success
+    assert evaluate(defs, instance, answered=0).success
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert baseline.total_requested == 0  # nothing changed since the evaluation
+
+    assert ingest(SAMPLE, instance, embedding_model).success  # a new document_embeddings materialization
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+    assert after.get_num_requested(dg.AssetKey("rag_quality_metrics")) == 1
