@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,19 +92,10 @@ def load_golden_jsonl(path: str | os.PathLike[str]) -> list[EvalQuestion]:
     """
     path = Path(path)
     data = _read_bytes(path)
-    if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM):]
     problems: list[str] = []
     questions: list[EvalQuestion] = []
     first_line_of: dict[str, int] = {}
-    for line_number, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
-        if not raw.strip():
-            continue
-        where = f"{path}:{line_number}"
-        record = _json_object(raw, where, problems)
-        if record is None:
-            continue
+    for line_number, where, record in _jsonl_objects(data, path, problems):
         question = _golden_question(record, where, problems)
         if question is None:
             continue
@@ -303,17 +294,8 @@ def _read_queries(path: Path, wanted: set[str], problems: list[str]) -> tuple[di
     except EvalSetError as error:
         problems.extend(error.problems)
         return {}, wanted  # one problem for the file, not one per query
-    if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM):]
     texts: dict[str, str] = {}
-    for line_number, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
-        if not raw.strip():
-            continue
-        where = f"{path}:{line_number}"
-        record = _json_object(raw, where, problems)
-        if record is None:
-            continue
+    for _, where, record in _jsonl_objects(data, path, problems):
         qid = record.get("_id")
         if isinstance(qid, int) and not isinstance(qid, bool):
             qid = str(qid)
@@ -397,6 +379,21 @@ def _is_number(text: str) -> bool:
         return math.isfinite(float(text))
     except ValueError:
         return False
+
+
+def _jsonl_objects(data: bytes, path: Path, problems: list[str]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, "path:line", object) for each JSON-object line; blank lines skipped, a leading BOM
+    and CRLF endings tolerated, bad lines reported into `problems`."""
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
+    for line_number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue
+        where = f"{path}:{line_number}"
+        record = _json_object(raw, where, problems)
+        if record is not None:
+            yield line_number, where, record
 
 
 def _json_object(raw: bytes, where: str, problems: list[str]) -> dict[str, Any] | None:
