@@ -14,7 +14,8 @@ from ai_assets.evaluation.retrieval import search_chunks, search_documents
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets.resources.qdrant import QdrantResource
-from ai_assets.storage import data_dir
+from ai_assets.evaluation.synthesis import pick_chunks, question_prompts, synthetic_questions
+from ai_assets.storage import data_dir, latest_table
 
 OWNERS = ["team:ml-platform"]
 GROUP = "evaluation"
@@ -26,14 +27,23 @@ class EvalSetConfig(dg.Config):
     location: str = os.environ.get("RAG_EVAL_SET", "")
     # BEIR corpora are ingested with a source name; its document ids carry it as a prefix.
     beir_doc_id_prefix: str = os.environ.get("RAG_EVAL_DOC_ID_PREFIX", "")
+    # Extra questions the LLM writes from indexed chunks (marked synthetic); 0 = golden questions only.
+    synthesize_questions: int = int(os.environ.get("RAG_EVAL_SYNTHESIZE", "0"))
 
 
-@dg.asset(group_name=GROUP, kinds={"python"}, owners=OWNERS, code_version="1")
-def rag_eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig) -> dg.Output[list[EvalQuestion]]:
-    """The golden questions the knowledge base is judged on: question, reference answer, reference
-    contexts and the documents that should be retrieved. Bring your own with `RAG_EVAL_SET`."""
+@dg.asset(group_name=GROUP, kinds={"python"}, owners=OWNERS, code_version="1", deps=["document_chunks"])
+def rag_eval_set(
+    context: dg.AssetExecutionContext, config: EvalSetConfig, llm: OpenAIResource
+) -> dg.Output[list[EvalQuestion]]:
+    """The questions the knowledge base is judged on: question, reference answer, reference contexts
+    and the documents that should be retrieved. Golden ones (bring your own with `RAG_EVAL_SET`), plus
+    optionally questions the LLM writes from indexed chunks, marked synthetic."""
     questions, description = load_eval_set(config.location, beir_doc_id_prefix=config.beir_doc_id_prefix)
     context.log.info(f"{len(questions)} questions from {description}")
+    if config.synthesize_questions > 0:
+        synthetic = _synthesize(context, llm, config.synthesize_questions)
+        questions = [*questions, *synthetic]
+        description += f" + {len(synthetic)} synthetic"
     return dg.Output(
         questions,
         metadata={
@@ -44,6 +54,18 @@ def rag_eval_set(context: dg.AssetExecutionContext, config: EvalSetConfig) -> dg
             "source": description,
         },
     )
+
+
+def _synthesize(context: dg.AssetExecutionContext, llm: OpenAIResource, count: int) -> list[EvalQuestion]:
+    table = latest_table(dg.AssetKey("document_chunks"))
+    if table is None:
+        raise FileNotFoundError("synthesize_questions needs document_chunks: materialize the ingestion first")
+    chunks = pick_chunks(list(table.iter_rows(columns=["chunk_id", "doc_id", "text"])), count)
+    replies = asyncio.run(_answer(context, llm, question_prompts(chunks), max_tokens=64))
+    questions, problems = synthetic_questions(chunks, replies)
+    for problem in problems:
+        context.log.warning(f"no synthetic question from {problem}")
+    return questions
 
 
 class QualityConfig(dg.Config):
