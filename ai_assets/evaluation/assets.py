@@ -31,7 +31,15 @@ class EvalSetConfig(dg.Config):
     synthesize_questions: int = int(os.environ.get("RAG_EVAL_SYNTHESIZE", "0"))
 
 
-@dg.asset(group_name=GROUP, kinds={"python"}, owners=OWNERS, code_version="1", deps=["document_chunks"])
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python"},
+    owners=OWNERS,
+    code_version="1",
+    deps=["document_chunks"],
+    # Built on first sight and refreshed with the chunks, so the metrics below can follow the index.
+    automation_condition=dg.AutomationCondition.eager(),
+)
 def rag_eval_set(
     context: dg.AssetExecutionContext, config: EvalSetConfig, llm: OpenAIResource
 ) -> dg.Output[list[EvalQuestion]]:
