@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ai_assets.inference.items import InferenceItem
+from ai_assets.json_values import json_type
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
@@ -229,7 +230,7 @@ def _parse(raw: bytes, bom: int, start: int) -> tuple[Any, str | None]:
     except ValueError as error:  # NaN/Infinity, integers over Python's digit limit
         return None, f"invalid JSON: {error}"
     if not isinstance(record, dict):
-        return None, f"expected a JSON object, got {_json_type(record)}"
+        return None, f"expected a JSON object, got {json_type(record)}"
     if _SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(record, ensure_ascii=False).encode("utf-8")
@@ -425,20 +426,5 @@ def _show(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         shown = repr(value)
         return shown if len(shown) <= 40 else shown[:40] + "..."
-    return _json_type(value)
+    return json_type(value)
 
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__

@@ -16,6 +16,7 @@ from ai_assets.ingestion.text_formats import (
     normalize_text,
     normalize_title,
 )
+from ai_assets.json_values import json_type
 
 __all__ = ["read_jsonl"]
 
@@ -50,7 +51,7 @@ def read_jsonl(
             yield problem(f"invalid JSON: {error.msg} (column {error.colno})", _salvage_id(raw_line))
             continue
         if not isinstance(record, dict):
-            yield problem(f"expected a JSON object, got {_json_type(record)}")
+            yield problem(f"expected a JSON object, got {json_type(record)}")
             continue
 
         record_id, id_error = _record_id(record)
@@ -66,13 +67,13 @@ def read_jsonl(
 
         body = record.get("text")
         if not isinstance(body, str):
-            yield problem(f"missing or non-string 'text' field (got {_json_type(body)})", record_id)
+            yield problem(f"missing or non-string 'text' field (got {json_type(body)})", record_id)
             continue
         record_title = record.get("title")
         if record_title is None:
             record_title = ""
         if not isinstance(record_title, str):
-            yield problem(f"non-string 'title' field (got {_json_type(record_title)})", record_id)
+            yield problem(f"non-string 'title' field (got {json_type(record_title)})", record_id)
             continue
 
         record_title = normalize_title(record_title)
@@ -98,7 +99,7 @@ def _record_id(record: dict[str, Any]) -> tuple[str | None, str]:
     value = record["_id"]
     # bool is an int subclass, but true/false is certainly not an id.
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None, f"'_id' must be a string or a number (got {_json_type(value)})"
+        return None, f"'_id' must be a string or a number (got {json_type(value)})"
     if isinstance(value, float) and not math.isfinite(value):
         return None, f"'_id' must be a finite number (got {value})"
     record_id = value if isinstance(value, str) else str(value)
@@ -127,9 +128,3 @@ def _salvage_id(raw_line: bytes) -> str | None:
         return None
     return value if isinstance(value, str) and value.strip() else None
 
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string",
-            list: "array", dict: "object"}.get(type(value), type(value).__name__)
