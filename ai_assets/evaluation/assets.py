@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import math
 import os
 import time
 
@@ -136,10 +137,14 @@ def rag_quality_metrics(
     context.log.info(f"retrieval over {len(questions)} questions in {retrieval_s:.1f} s: {retrieval}")
 
     answered = questions[: max(config.max_answered_questions, 0)]
+    contexts = search_chunks(client, qdrant.alias, vectors[: len(answered)], config.top_k_contexts) if answered else []
+    # Every read of the index is done: release the embedded Qdrant folder before minutes of LLM calls,
+    # so ingestion runs waiting on its lock can go ahead.
+    qdrant.close()
+
     answer_metrics: dict[str, float] = {}
     rows: dict[str, dict] = {q.id: {"id": q.id, "question": q.question, **per_question.get(q.id, {})} for q in questions}
     if answered:
-        contexts = search_chunks(client, qdrant.alias, vectors[: len(answered)], config.top_k_contexts)
         prompts = [
             build_prompt(q.question, [text for _, text, _ in hits], config.max_context_chars)
             for q, hits in zip(answered, contexts, strict=True)
@@ -166,7 +171,9 @@ def rag_quality_metrics(
         for q, (answer, error), score in zip(answered, answers, scores, strict=True):
             rows[q.id].update({"answer": answer, "answer_error": error, **score})
         answer_metrics = metric_means(scores)
-        answer_metrics["ragas_score"] = ragas_score(scores)
+        summary = ragas_score(scores)
+        if math.isfinite(summary):  # NaN when no ragas metric had a value: nothing to summarise
+            answer_metrics["ragas_score"] = summary
         answer_metrics["answer_failures"] = float(sum(1 for a, _ in answers if a is None))
         # Malformed judge output and metric failures are recorded per question, never raised.
         answer_metrics["metric_errors"] = float(sum(len(s.get(ERRORS_KEY, {})) for s in scores))
