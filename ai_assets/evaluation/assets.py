@@ -15,6 +15,7 @@ from ai_assets.evaluation.retrieval import search_chunks, search_documents
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets.resources.qdrant import QdrantResource
+from ai_assets.evaluation.reference_chunks import align_reference_contexts
 from ai_assets.evaluation.synthesis import pick_chunks, question_prompts, synthetic_questions
 from ai_assets.storage import data_dir, latest_table
 
@@ -142,6 +143,15 @@ def rag_quality_metrics(
     # so ingestion runs waiting on its lock can go ahead.
     qdrant.close()
 
+    # Reference passages as the chunks that contain them, so context precision/recall mean something.
+    references = {r for q in answered for r in q.reference_contexts}
+    chunks_table = latest_table(dg.AssetKey("document_chunks")) if references else None
+    aligned = (
+        align_reference_contexts(references, (r["text"] for r in chunks_table.iter_rows(columns=["text"])))
+        if chunks_table is not None
+        else {}
+    )
+
     answer_metrics: dict[str, float] = {}
     rows: dict[str, dict] = {q.id: {"id": q.id, "question": q.question, **per_question.get(q.id, {})} for q in questions}
     if answered:
@@ -156,7 +166,7 @@ def rag_quality_metrics(
                 answer=answer or "",
                 contexts=[text for _, text, _ in hits],
                 reference=q.reference_answer,
-                reference_contexts=list(q.reference_contexts) or None,
+                reference_contexts=[aligned.get(r, r) for r in q.reference_contexts] or None,
             )
             for q, hits, (answer, _) in zip(answered, contexts, answers, strict=True)
         ]
@@ -187,6 +197,8 @@ def rag_quality_metrics(
             **{name: round(value, 5) for name, value in metrics.items()},
             "questions": len(questions),
             "questions_answered": len(answered),
+            "reference_contexts_aligned_to_chunks": len(aligned),
+            "reference_contexts": len(references),
             "collection_alias": qdrant.alias,
             "model": embedding_model.name,
             "answer_model": llm.default_model if answered else "none",
