@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ai_assets.json_values import json_type
 
 __all__ = [
     "SAMPLE_GOLDEN_SET",
@@ -425,17 +427,10 @@ def _describe_list(value: Any) -> str:
     return f"a list containing {json.dumps(bad)}"
 
 
+# Golden-set authors think in Python terms ("a list"); the type dispatch itself is shared.
+_WORDING = {"boolean": "a boolean", "number": "a number", "string": "a string", "array": "a list", "object": "an object"}
+
+
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
+    name = json_type(value)
+    return _WORDING.get(name, name)
