@@ -20,10 +20,21 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ai_assets import settings
+
 
 def data_dir() -> Path:
-    """The project's data folder (Qdrant files, tables, caches): `AI_ASSETS_DATA_DIR`, default `./.data`."""
-    return Path(os.environ.get("AI_ASSETS_DATA_DIR", ".data")).expanduser().resolve()
+    """The project's data folder (Qdrant files, tables, caches): `AI_ASSETS_DATA_DIR`; by default
+    `.data` inside `DAGSTER_HOME` (the instance's folder), else inside the current folder.
+
+    Anchored to DAGSTER_HOME so that a command started from another folder, the code server and the
+    run workers of one instance all find the same data, as they find the same run storage.
+    """
+    configured = os.environ.get("AI_ASSETS_DATA_DIR", "").strip()
+    if configured:
+        return Path(settings.value("AI_ASSETS_DATA_DIR")).expanduser().resolve()
+    home = os.environ.get("DAGSTER_HOME", "").strip()
+    return (Path(home).expanduser() / ".data").resolve() if home else Path(".data").resolve()
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ai_assets.resources.qdrant import QdrantResource
+from ai_assets.resources.qdrant import QdrantResource, QdrantServerError
 
 HOLD = """
 import sys, time
@@ -64,3 +68,101 @@ def test_alias_swap_is_one_operation(tmp_path: Path) -> None:
             resource.ensure_collection("kb-two", 16)
     finally:
         resource.close()
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A port on 127.0.0.1 that is bound but not listening: connecting to it is refused, and no other
+    process can start listening on it while the test runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_unreachable_server_names_the_url_the_variable_and_the_way_out(
+    refused_url: str, data_dir: Path
+) -> None:
+    resource = QdrantResource(url=refused_url, api_key="qk-secret-value")
+    with pytest.raises(QdrantServerError) as caught:
+        resource.alias_target()  # the first operation any step does
+    message = str(caught.value)
+    assert f"Could not connect to the Qdrant server at {refused_url} (QDRANT_URL)" in message
+    assert "Connection refused" in message
+    assert "unset QDRANT_URL to use the embedded Qdrant" in message and str(data_dir / "qdrant") in message
+    assert "qk-secret-value" not in message
+
+
+def test_credentials_in_the_url_stay_out_of_the_message(refused_url: str, data_dir: Path) -> None:
+    with_password = refused_url.replace("http://", "http://admin:hunter2@")
+    with pytest.raises(QdrantServerError) as caught:
+        QdrantResource(url=with_password).get_client()
+    assert "hunter2" not in str(caught.value) and refused_url in str(caught.value)
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    status = 401
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        type(self).requests.append(self.path)
+        body = b'{"status": {"error": "Must provide an API key"}}'
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "advice"), [(401, "QDRANT_API_KEY"), (404, "root URL")])
+def test_a_refusing_server_says_which_setting_to_fix(status: int, advice: str, data_dir: Path) -> None:
+    handler = type("Handler", (_Answer,), {"status": status, "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(QdrantServerError) as caught:
+            QdrantResource(url=url).get_client()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"The Qdrant server at {url} (QDRANT_URL) answered {status}" in str(caught.value)
+    assert advice in str(caught.value)
+    assert "/collections" in handler.requests  # the probe really reached the server
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    """Answers the two requests a new server client makes the way a Qdrant server does."""
+
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        type(self).requests.append(self.path)
+        if self.path == "/collections":
+            body = b'{"result": {"collections": []}, "status": "ok", "time": 0.0}'
+        else:
+            body = b'{"title": "qdrant - vector search engine", "version": "1.16.0"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_reachable_server_is_probed_once_then_used(data_dir: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    resource = QdrantResource(url=f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        client = resource.get_client()
+        assert resource.get_client() is client
+        assert _Healthy.requests == ["/collections", "/"]
+    finally:
+        resource.close()
+        server.shutdown()
+        server.server_close()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pytest
 
 from ai_assets.storage import ParquetTable, ParquetTableIOManager, TableWriter, latest_table, staging_path
 
@@ -58,3 +59,21 @@ def test_tables_stream_between_assets_and_old_versions_are_pruned(
     stored = sorted(p.name for p in (data_dir / "tables" / "numbers").glob("*.parquet"))
     assert stored == sorted(f"{r.run_id}.parquet" for r in results[1:])
     assert not (data_dir / "staging" / last.run_id).exists()  # staged files were moved, not copied
+
+
+def test_data_dir_follows_dagster_home_whatever_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ai_assets.storage import data_dir
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("AI_ASSETS_DATA_DIR", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    assert data_dir() == home / ".data"
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert data_dir() == elsewhere / ".data"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("AI_ASSETS_DATA_DIR", "mine")
+    assert data_dir() == elsewhere / "mine"  # an explicit setting wins, relative to the current folder

@@ -8,9 +8,20 @@ openai_server.py, in a child process unless --in-process) through the real `open
 client. Latency per request is uniform in
 50–500 ms, drawn per (item, attempt) from a seed, so both patterns see exactly the same latencies.
 
+Before each timed part the client's pool is opened with `warm_up_connections` (as the asset does),
+so no pattern pays for connection set-up or the process's cold start.
+
 Figures, printed as `key: value` lines:
   mean_latency_s              mean service time measured at the server (arrival -> response)
   throughput_vs_ideal         measured items/s ÷ (cap ÷ mean_latency_s): 1.0 = the pipe never idles
+  drain_bound_vs_ideal        the same ratio for a client with zero overhead, by simulation of these
+                              latencies on `cap` slots in input order: what the final drain (slots
+                              idle once the queue is empty, waiting for the slowest requests) costs
+                              any scheduler that does not know latencies in advance
+  warm_connections            connections the warm-up held open at once (= cap when it worked)
+  ours_new_connections        connections the server accepted during `ours` (0: the pool was warm)
+  ours_gc_full_collections    full (generation 2) GC collections during `ours`
+  ours_gc_pause_ms            time spent in all GC collections during `ours` (the event loop stalls)
   fixed_batches_s, ours_s     batches of `cap` awaited with asyncio.gather vs. run_batch
   client_overhead_ms_per_item zero injected latency: our engine's wall ms per item (client + server)
   server_only_ms_per_item     zero latency, a minimal raw-socket HTTP client: the server's own share
@@ -30,6 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+LATENCY_S = (0.05, 0.5)  # per request, uniform, drawn per (seed, item, attempt) by the server
 
 
 def emit(key: str, value: object) -> None:
@@ -53,6 +65,47 @@ def make_items(n: int, prefix: str) -> list:
         )
         for i in range(n)
     ]
+
+
+def drain_bound(latencies: list[float], cap: int) -> float:
+    """items/s ÷ (cap ÷ mean) for greedy list scheduling of `latencies` (in order) on `cap` slots."""
+    import heapq
+
+    free_at = [0.0] * cap
+    end = 0.0
+    for latency in latencies:
+        done = heapq.heappop(free_at) + latency
+        end = max(end, done)
+        heapq.heappush(free_at, done)
+    mean = sum(latencies) / len(latencies)
+    return (len(latencies) / end) / (cap / mean)
+
+
+class GcPauses:
+    """Counts full (generation 2) collections and the time spent in every collection, while active."""
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.pause_s = 0.0
+        self._t0 = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pause_s += time.perf_counter() - self._t0
+            self.full += info["generation"] == 2
+
+    def __enter__(self) -> GcPauses:
+        import gc
+
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        gc.callbacks.remove(self._callback)
 
 
 def make_client(base_url: str, cap: int):
@@ -109,7 +162,9 @@ class ServerProcess:
         self._request("POST", "/_reset")
 
     def stats(self) -> dict:
-        return self._request("GET", "/_stats")
+        stats = self._request("GET", "/_stats")
+        stats["connections"] -= 1  # the one this request came on (urllib does not keep it alive)
+        return stats
 
 
 class InProcessServer:
@@ -133,6 +188,14 @@ class InProcessServer:
 
     def stats(self) -> dict:
         return self.server.stats()
+
+
+def server_latencies(items: list, seed: int) -> list[float]:
+    """The latency the test server draws for each item's first attempt (what `ours` was served)."""
+    from ai_assets_tests.inference.openai_server import FakeOpenAIServer, _last_user_text
+
+    server = FakeOpenAIServer(latency_s=LATENCY_S, seed=seed)  # never started: only its draw
+    return [server._latency(_last_user_text({"messages": list(item.messages)}), item.id, 1) for item in items]
 
 
 async def run_ours(items, call, cap: int, work: Path, name: str):
@@ -188,7 +251,7 @@ async def raw_client(host: str, port: int, items, cap: int) -> float:
 
 async def bench(args: argparse.Namespace, work: Path) -> None:
     from ai_assets.inference.items import CallResult
-    from ai_assets.inference.openai_call import make_openai_call
+    from ai_assets.inference.openai_call import make_openai_call, warm_up_connections
     from ai_assets.inference.report import percentile
 
     Server = InProcessServer if args.in_process else ServerProcess
@@ -198,21 +261,22 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
 
     # --- throughput under realistic latency: ours vs fixed batches, same server/items/client ------
     emit("server", "in-process thread" if args.in_process else "separate process")
-    with Server(0.05, 0.5, seed=args.seed) as server:
+    with Server(*LATENCY_S, seed=args.seed) as server:
         async with make_client(server.base_url, cap) as client:
             call = make_openai_call(client, "bench-model")
-            # Open the pool's connections first, so neither pattern pays for connection setup.
-            await asyncio.gather(*(call(item) for item in make_items(cap, "warm")))
+            warm = await warm_up_connections(client, cap)
             items = make_items(n, "item")
             order = ["ours", "fixed"] if not args.fixed_first else ["fixed", "ours"]
             results: dict[str, float] = {}
             for pattern in order:
                 server.reset_stats()
                 if pattern == "ours":
-                    results["ours"], stats = await run_ours(items, call, cap, work, "ours")
+                    with GcPauses() as gc_pauses:
+                        results["ours"], stats = await run_ours(items, call, cap, work, "ours")
                     server_stats = server.stats()
                     mean_latency = server_stats["mean_service_s"]
                     ours_server_max = server_stats["max_in_flight"]
+                    ours_connections = server_stats["connections"]
                     assert server_stats["total_requests"] == n, server_stats
                 else:
                     results["fixed"] = await run_fixed_batches(items, call, cap)
@@ -224,6 +288,11 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
     emit("throughput_items_per_s", throughput)
     emit("ideal_items_per_s", ideal)
     emit("throughput_vs_ideal", throughput / ideal)
+    emit("drain_bound_vs_ideal", drain_bound(server_latencies(items, args.seed), cap))
+    emit("warm_connections", warm)
+    emit("ours_new_connections", ours_connections)
+    emit("ours_gc_full_collections", gc_pauses.full)
+    emit("ours_gc_pause_ms", round(1000 * gc_pauses.pause_s, 1))
     emit("server_max_in_flight", ours_server_max)
     emit("client_latency_p50_s", round(percentile(stats.latencies_s, 50), 4))
     emit("client_latency_p95_s", round(percentile(stats.latencies_s, 95), 4))
@@ -235,7 +304,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
     with Server(0.0) as server:
         async with make_client(server.base_url, cap) as client:
             call = make_openai_call(client, "bench-model")
-            await asyncio.gather(*(call(item) for item in make_items(cap, "warm")))
+            await warm_up_connections(client, cap)
             items = make_items(n, "zero")
             elapsed, _ = await run_ours(items, call, cap, work, "zero")
         emit("client_overhead_ms_per_item", 1000 * elapsed / n)

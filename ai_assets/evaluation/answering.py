@@ -2,23 +2,28 @@
 
 The requests go through the batch-inference engine (`ai_assets.inference.engine.run_batch`), so
 answering gets the same bounded concurrency, retry/backoff policy, error classification and
-API-key scrubbing as batch inference, with a throwaway ledger: answers are not resumed across runs.
+API-key scrubbing as batch inference, with a throwaway ledger: answers are not resumed across runs,
+but within one step they are: when the embedded server dies mid-way, `answer_with` restarts it once
+and sends only the prompts it had not answered.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import openai
 
 from ai_assets.inference.engine import run_batch
 from ai_assets.inference.items import InferenceItem
 from ai_assets.inference.ledger import ResultLedger
-from ai_assets.inference.openai_call import make_openai_call
+from ai_assets.inference.openai_call import make_openai_call, warm_up_connections
 from ai_assets.inference.retry import RetryPolicy
+from ai_assets.resources.llm import OpenAIResource
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered context passages you are given. "
@@ -65,7 +70,58 @@ async def answer_questions(
     Failures (after `retry`'s attempts; default `RetryPolicy()`) are recorded as the error string,
     never raised. Build `client` with `max_retries=0`: the engine does the retrying.
     """
-    items = [
+    items = _items(prompts, max_tokens, temperature)
+    with _throwaway_ledger() as ledger:
+        if items:
+            await run_batch(
+                items,
+                make_openai_call(client, model),
+                ledger=ledger,
+                max_in_flight=max_in_flight,
+                retry=retry or RetryPolicy(),
+                secrets=[client.api_key] if client.api_key else [],
+            )
+        return _results(items, ledger)
+
+
+async def answer_with(
+    llm: OpenAIResource,
+    log: dg.DagsterLogManager | None,
+    prompts: Sequence[Sequence[dict[str, Any]]],
+    max_tokens: int,
+    *,
+    temperature: float | None = 0.0,
+    retry: RetryPolicy | None = None,
+) -> list[tuple[str | None, str | None]]:
+    """`answer_questions` with `llm`'s client, model, concurrency and attempts (default
+    `RetryPolicy(max_attempts=llm.max_attempts)`).
+
+    With the embedded model, a server that dies mid-way is restarted once and only the prompts it had
+    not answered are sent again; a second death raises `EmbeddedServerDied` with the explanation.
+    """
+    items = _items(prompts, max_tokens, temperature)
+    with _throwaway_ledger() as ledger:
+        if items:
+
+            async def batch(client: openai.AsyncOpenAI) -> None:
+                await warm_up_connections(client, min(llm.max_in_flight, len(items)))
+                await run_batch(
+                    items,
+                    llm.guard(make_openai_call(client, llm.default_model)),
+                    ledger=ledger,
+                    max_in_flight=llm.max_in_flight,
+                    retry=retry or RetryPolicy(max_attempts=llm.max_attempts),
+                    secrets=[llm.api_key] if llm.api_key else [],
+                )
+
+            await llm.supervised(log, batch)
+        return _results(items, ledger)
+
+
+def _items(
+    prompts: Sequence[Sequence[dict[str, Any]]], max_tokens: int, temperature: float | None
+) -> list[InferenceItem]:
+    return [
         InferenceItem(
             id=str(index),
             messages=tuple(messages),
@@ -75,17 +131,15 @@ async def answer_questions(
         )
         for index, messages in enumerate(prompts)
     ]
-    if not items:
-        return []
+
+
+@contextmanager
+def _throwaway_ledger() -> Iterator[ResultLedger]:
     with tempfile.TemporaryDirectory(prefix="answers-") as folder:
         with ResultLedger(Path(folder) / "answers.jsonl") as ledger:
-            await run_batch(
-                items,
-                make_openai_call(client, model),
-                ledger=ledger,
-                max_in_flight=max_in_flight,
-                retry=retry or RetryPolicy(),
-                secrets=[client.api_key] if client.api_key else [],
-            )
-            rows = ledger.load()
+            yield ledger
+
+
+def _results(items: Sequence[InferenceItem], ledger: ResultLedger) -> list[tuple[str | None, str | None]]:
+    rows = ledger.load()
     return [(rows[item.id].output, None) if rows[item.id].succeeded else (None, rows[item.id].error) for item in items]

@@ -1,13 +1,12 @@
 """Quality gates on `rag_quality_metrics`: blocking, so a worse index is flagged before it is used."""
 
-import os
-
 import dagster as dg
 
+from ai_assets import settings
 from ai_assets.evaluation.assets import rag_quality_metrics
 from ai_assets.evaluation.gates import configured_thresholds, regressions, threshold_failures
 
-REGRESSION_TOLERANCE = float(os.environ.get("RAG_REGRESSION_TOLERANCE", "0.02"))
+REGRESSION_TOLERANCE = settings.value("RAG_REGRESSION_TOLERANCE")
 
 
 def _recent_metrics(instance: dg.DagsterInstance, limit: int) -> list[dict[str, float]]:

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
+
+from ai_assets import settings
+from ai_assets.settings import DEFAULT_THRESHOLDS
 
 # Metrics where lower is better; everything else is higher-is-better.
 LOWER_IS_BETTER = frozenset({"answer_failures", "metric_errors"})
 
-DEFAULT_THRESHOLDS = {"ndcg_at_10": 0.5, "recall_at_10": 0.7, "mrr_at_10": 0.45, "hit_rate_at_5": 0.7}
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "LOWER_IS_BETTER",
+    "configured_thresholds",
+    "regressions",
+    "threshold_failures",
+]
 
 
 def configured_thresholds() -> dict[str, float]:
-    """`RAG_THRESHOLDS` (a JSON object of metric -> minimum) replaces the defaults when set."""
-    raw = os.environ.get("RAG_THRESHOLDS")
-    if not raw:
-        return dict(DEFAULT_THRESHOLDS)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"RAG_THRESHOLDS is not valid JSON: {err}") from err
-    if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
-        raise ValueError('RAG_THRESHOLDS must be a JSON object of metric -> number, e.g. {"ndcg_at_10": 0.6}')
-    return {str(k): float(v) for k, v in value.items()}
+    """`RAG_THRESHOLDS` (a JSON object of metric -> minimum) replaces the defaults when set.
+
+    Raises:
+        SettingError: the variable is not such an object (the message names it and its value).
+    """
+    return dict(settings.value("RAG_THRESHOLDS"))
 
 
 def threshold_failures(metrics: Mapping[str, float], thresholds: Mapping[str, float]) -> dict[str, str]:

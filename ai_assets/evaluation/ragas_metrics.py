@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ai_assets.inference.retry import redact
+
 if TYPE_CHECKING:
     from ragas.embeddings.base import BaseRagasEmbedding
 
@@ -121,10 +123,8 @@ def _empty_row(names: Iterable[str]) -> Row:
 
 
 def _describe(exc: BaseException, secrets: Sequence[str] = ()) -> str:
-    message = f"{type(exc).__name__}: {exc}".strip()
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
+    # The judge's key is redacted as batch inference does it: whole, without its prefix, in pieces.
+    message = redact(f"{type(exc).__name__}: {exc}".strip(), secrets)
     message = " ".join(message.split())  # one line
     return message if len(message) <= _MAX_ERROR_CHARS else message[: _MAX_ERROR_CHARS - 1] + "…"
 

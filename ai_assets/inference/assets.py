@@ -1,15 +1,15 @@
 """Batch LLM inference: one dynamic partition per input JSONL file in the inbox."""
 
 import asyncio
-import os
 import time
 
 import dagster as dg
 
+from ai_assets import settings
 from ai_assets.inference.checks import CHECK_SPECS, error_rate_within_threshold, one_output_per_input
-from ai_assets.inference.engine import assemble_outputs, run_batch
+from ai_assets.inference.engine import BatchStats, assemble_outputs, run_batch
 from ai_assets.inference.ledger import ResultLedger
-from ai_assets.inference.openai_call import make_openai_call
+from ai_assets.inference.openai_call import make_openai_call, warm_up_connections
 from ai_assets.inference.rate_limit import RateLimiter
 from ai_assets.inference.report import (
     ModelPrice,
@@ -36,7 +36,7 @@ class InferenceConfig(dg.Config):
 
     # Fail the run on any invalid line instead of answering the valid ones.
     strict: bool = False
-    max_prompt_chars: int = int(os.environ.get("INFERENCE_MAX_PROMPT_CHARS", "200000"))
+    max_prompt_chars: int = settings.value("INFERENCE_MAX_PROMPT_CHARS")
     # US dollars per million tokens, by model name as the API reports it. Unlisted models count as free
     # and are named in the metadata.
     prices: dict[str, PriceConfig] = {}
@@ -65,7 +65,7 @@ def inference_outputs(
     key = context.partition_key
     source = input_path(key)
     validated = validate_jsonl(source, max_prompt_chars=config.max_prompt_chars)
-    for problem in validated.problems:
+    for problem in [*validated.problems, *validated.warnings]:
         context.log.warning(str(problem))
     validated.raise_if_unusable(strict=config.strict)
     items = validated.items
@@ -123,21 +123,44 @@ def inference_outputs(
     )
 
 
-async def _run(context: dg.AssetExecutionContext, llm: OpenAIResource, items, ledger: ResultLedger):
-    client = llm.async_client(context.log)
-    try:
-        return await run_batch(
-            items,
-            make_openai_call(client, llm.default_model),
-            ledger=ledger,
-            max_in_flight=llm.max_in_flight,
-            retry=RetryPolicy(max_attempts=llm.max_attempts),
-            limiter=RateLimiter(llm.requests_per_minute, llm.tokens_per_minute)
-            if llm.requests_per_minute or llm.tokens_per_minute
-            else None,
-            on_progress=lambda progress: context.log.info(str(progress)),
-            # Errors are recorded in outputs and logs: the key is scrubbed from them whatever its shape.
-            secrets=[llm.api_key] if llm.api_key else [],
-        )
-    finally:
-        await client.close()
+async def _run(
+    context: dg.AssetExecutionContext, llm: OpenAIResource, items, ledger: ResultLedger
+) -> BatchStats:
+    previous = ledger.load()
+    answered_before = sum(1 for item in items if item.id in previous and previous[item.id].succeeded)
+    batch_s = 0.0  # time in run_batch over all passes, server (re)starts excluded
+
+    async def batch(client) -> BatchStats:  # noqa: ANN001 - an openai.AsyncOpenAI
+        nonlocal batch_s
+        # Open the connections before the first request, so short batches do not pay their set-up
+        # while the slots should already be busy.
+        pending = len(items) - answered_before
+        if pending > 0:
+            await warm_up_connections(client, min(llm.max_in_flight, pending))
+        started = time.perf_counter()
+        try:
+            return await run_batch(
+                items,
+                # A dead embedded server aborts the batch instead of being retried; `supervised` restarts it
+                # once and runs the batch again, which skips what the ledger already holds.
+                llm.guard(make_openai_call(client, llm.default_model)),
+                ledger=ledger,
+                max_in_flight=llm.max_in_flight,
+                retry=RetryPolicy(max_attempts=llm.max_attempts),
+                limiter=RateLimiter(llm.requests_per_minute, llm.tokens_per_minute)
+                if llm.requests_per_minute or llm.tokens_per_minute
+                else None,
+                on_progress=lambda progress: context.log.info(str(progress)),
+                # Errors are recorded in outputs and logs: the key is scrubbed from them whatever its shape.
+                secrets=[llm.api_key] if llm.api_key else [],
+            )
+        finally:
+            batch_s += time.perf_counter() - started
+
+    stats = await llm.supervised(context.log, batch)
+    # After a restart the last pass counts what the earlier pass answered as skipped: it was answered
+    # in this step, so report it as such.
+    stats.succeeded += stats.skipped - answered_before
+    stats.skipped = answered_before
+    stats.wall_s = batch_s
+    return stats

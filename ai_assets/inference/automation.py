@@ -1,11 +1,18 @@
 """A JSONL file dropped in the inbox becomes a partition and a run, once per file content."""
 
 import json
+import shlex
 
 import dagster as dg
 
 from ai_assets.inference.assets import inference_files
-from ai_assets.inference.storage import file_digest, inbox_dir, partition_key_for
+from ai_assets.inference.storage import (
+    InvalidPartitionKeyError,
+    file_digest,
+    inbox_dir,
+    input_path,
+    partition_key_for,
+)
 
 batch_inference = dg.define_asset_job(
     "batch_inference",
@@ -22,7 +29,8 @@ batch_inference = dg.define_asset_job(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the inference inbox (AI_ASSETS_INFERENCE_INBOX): a new *.jsonl file adds a "
     "partition and requests a run; a changed file requests another. The cursor holds each file's size, "
-    "mtime and content hash, so files are hashed only when they change.",
+    "mtime and content hash, so files are hashed only when they change. A file whose name is not a "
+    "partition key (or a symlink out of the inbox) is skipped with a warning saying what to do.",
 )
 def inference_inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     inbox = inbox_dir()
@@ -35,7 +43,20 @@ def inference_inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
     for path in sorted(inbox.glob("*.jsonl")):
         key = partition_key_for(path)
         if path.name != key:
-            context.log.warning(f"{path.name}: rename it to {key} (letters, digits, '.', '_', '-' only)")
+            # Renaming here would race with whoever is still writing the file; say what to do instead.
+            taken = " (a file of that name is already in the inbox)" if (inbox / key).exists() else ""
+            context.log.warning(
+                f"{path}: skipped, its name is not a partition key (letters, digits, '.', '_', '-'); rename "
+                f"it to {key}{taken}, or submit it with "
+                f"`python -m ai_assets.inference.submit {shlex.quote(str(path))}`"
+            )
+            continue
+        try:
+            input_path(key)  # the same check a run makes: a symlink out of the inbox is refused here too
+        except InvalidPartitionKeyError as error:
+            context.log.warning(f"{path}: skipped: {error}")
+            continue
+        if not path.is_file():
             continue
         stat = path.stat()
         seen = previous.get(key)

@@ -4,17 +4,17 @@ They are declared as the asset's `check_specs` and evaluated by the asset on the
 checks with their own partitions are still a preview API in Dagster 1.13.
 """
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 
+from ai_assets import settings
 from ai_assets.inference.report import error_rate
 from ai_assets.inference.storage import read_outputs
 
-MAX_ERROR_RATE = float(os.environ.get("INFERENCE_MAX_ERROR_RATE", "0.01"))
+MAX_ERROR_RATE = settings.value("INFERENCE_MAX_ERROR_RATE")
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(

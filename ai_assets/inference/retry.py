@@ -102,14 +102,66 @@ _SECRET_PATTERNS = (
 )
 
 
+# What providers put before a key's secret part. Gateways and proxies echo keys in many shapes — the
+# whole key, the key without its prefix, a "key id" cut from the middle — so the secret part is what
+# gets scrubbed, along with any run of it at least MIN_SECRET_FRAGMENT characters long.
+KEY_PREFIXES = (
+    "sk-proj-", "sk-svcacct-", "sk-admin-", "sk-ant-api03-", "sk-ant-", "sk-or-v1-", "sk-", "pk-", "rk-", "ak-"
+)  # fmt: skip
+MIN_SECRET_FRAGMENT = 8
+
+
+def secret_part(secret: str) -> str:
+    """`secret` without a known provider prefix (`sk-proj-abc…` -> `abc…`); unchanged without one."""
+    for prefix in KEY_PREFIXES:  # longest first where one prefix starts another
+        if secret.startswith(prefix) and len(secret) > len(prefix):
+            return secret[len(prefix):]
+    return secret
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with known secrets and key-shaped tokens replaced by `***`."""
+    """`text` with known secrets and key-shaped tokens replaced by `***`.
+
+    For each secret: the whole secret, its secret part (`secret_part`), and every run of at least
+    `MIN_SECRET_FRAGMENT` characters of the secret part. Secrets shorter than 4 characters are ignored
+    (they would blank out ordinary words).
+    """
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+        if not secret or len(secret) < 4:
+            continue
+        text = text.replace(secret, "***")
+        body = secret_part(secret)
+        if len(body) >= 4:
+            text = text.replace(body, "***")
+        if len(body) >= MIN_SECRET_FRAGMENT:
+            text = _redact_fragments(text, body)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.re.groups else "") + "***", text)
     return text
+
+
+def _redact_fragments(text: str, body: str) -> str:
+    """Replace every maximal run of `text` that is a substring of `body` and is long enough.
+
+    Linear in `len(text)`: each position costs one set lookup of a window of MIN_SECRET_FRAGMENT
+    characters; a hit is extended as far as it stays a substring of `body` (keys are short).
+    """
+    size = MIN_SECRET_FRAGMENT
+    windows = {body[i : i + size] for i in range(len(body) - size + 1)}
+    out: list[str] = []
+    start = i = 0
+    while i <= len(text) - size:
+        if text[i : i + size] not in windows:
+            i += 1
+            continue
+        end = i + size
+        while end < len(text) and text[i : end + 1] in body:
+            end += 1
+        out.append(text[start:i])
+        out.append("***")
+        start = i = end
+    out.append(text[start:])
+    return "".join(out)
 
 
 def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:

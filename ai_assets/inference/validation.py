@@ -14,9 +14,12 @@ memory or parsed. The valid items themselves are kept in memory (they are the re
 Decisions worth knowing:
 
 * Unknown top-level keys are ignored and not passed on (``InferenceItem`` has no place for
-  them); the first line of each is reported in ``ValidatedInput.ignored_keys`` so a caller can
-  log typos such as ``"temprature"``. Keys inside a message (``name``, ``tool_calls``,
-  ``tool_call_id``) are passed through unchanged for the server to judge.
+  them), but never silently: each occurrence is a warning in ``ValidatedInput.warnings``
+  (``path:LINE: temprature: unknown field, ignored (did you mean 'temperature'?)``), up to
+  ``MAX_WARNINGS_PER_KEY`` lines per key and then one line counting the rest, so an export with an
+  extra column on every line does not flood the run log. Warnings do not make a line invalid.
+  ``ValidatedInput.ignored_keys`` maps each unknown key to its first line. Keys inside a message
+  (``name``, ``tool_calls``, ``tool_call_id``) are passed through unchanged for the server to judge.
 * ``null`` for an optional field (``model``, ``max_tokens``, ``temperature``,
   ``response_format``, ``metadata``) and for ``prompt``/``messages`` means "not given", as
   DataFrame exports write it. ``"id": null`` is a problem.
@@ -33,6 +36,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -45,6 +49,7 @@ from ai_assets.json_values import json_type
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
+    "MAX_WARNINGS_PER_KEY",
     "ROLES",
     "InputProblem",
     "InputValidationError",
@@ -57,6 +62,7 @@ KNOWN_KEYS = frozenset(
     {"id", "prompt", "messages", "model", "max_tokens", "temperature", "response_format", "metadata"}
 )
 MAX_LISTED_PROBLEMS = 20
+MAX_WARNINGS_PER_KEY = 5
 
 _BOM = b"\xef\xbb\xbf"
 _DRAIN_CHUNK = 1 << 20
@@ -98,6 +104,8 @@ class ValidatedInput:
     lines: int  # non-blank lines seen, valid or not
     path: Path
     ignored_keys: dict[str, int] = field(default_factory=dict)  # unknown key -> first line it was on
+    # Not problems (the line is still used): unknown keys, per file:line; see the module docstring.
+    warnings: list[InputProblem] = field(default_factory=list)
 
     def raise_if_unusable(self, strict: bool) -> None:
         """Raise `InputValidationError` when no line is valid, or when `strict` and any line is not."""
@@ -130,6 +138,7 @@ def validate_jsonl(
     problems: list[InputProblem] = []
     first_line_of: dict[str, int] = {}
     ignored_keys: dict[str, int] = {}
+    unknown = _UnknownKeys(path)
     lines = 0
     with path.open("rb") as handle:
         for number, start, raw, size in _read_lines(handle, max_line_bytes):
@@ -155,11 +164,63 @@ def validate_jsonl(
             for key in record:
                 if key not in KNOWN_KEYS:
                     ignored_keys.setdefault(key, number)
+                    unknown.seen(key, number)
             item, faults = _check_record(record, number, first_line_of, max_prompt_chars)
             problems.extend(InputProblem(location, where, message) for where, message in faults)
             if item is not None:
                 items.append(item)
-    return ValidatedInput(items=items, problems=problems, lines=lines, path=path, ignored_keys=ignored_keys)
+    return ValidatedInput(
+        items=items,
+        problems=problems,
+        lines=lines,
+        path=path,
+        ignored_keys=ignored_keys,
+        warnings=unknown.warnings(),
+    )
+
+
+class _UnknownKeys:
+    """Warnings for unknown top-level keys: the first lines of each, then a count of the rest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.listed: list[InputProblem] = []
+        self.count: dict[str, int] = {}
+        self.last_line: dict[str, int] = {}
+
+    def seen(self, key: str, number: int) -> None:
+        self.count[key] = self.count.get(key, 0) + 1
+        self.last_line[key] = number
+        if self.count[key] <= MAX_WARNINGS_PER_KEY:
+            self.listed.append(InputProblem(f"{self.path}:{number}", _key_label(key), _unknown_key_message(key)))
+
+    def warnings(self) -> list[InputProblem]:
+        rest = [
+            InputProblem(
+                f"{self.path}:{self.last_line[key]}",
+                _key_label(key),
+                f"unknown field also on {count - MAX_WARNINGS_PER_KEY:,} more lines up to this one, ignored",
+            )
+            for key, count in self.count.items()
+            if count > MAX_WARNINGS_PER_KEY
+        ]
+        return self.listed + rest
+
+
+def _unknown_key_message(key: str) -> str:
+    """`unknown field, ignored`, with the closest known field when there is a likely one."""
+    known = sorted(KNOWN_KEYS)
+    guess = key.strip().lower() if key.strip().lower() in KNOWN_KEYS else None
+    if guess is None:
+        close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    hint = f" (did you mean {guess!r}?)" if guess else f"; known fields: {', '.join(known)}"
+    return f"unknown field, ignored{hint}"
+
+
+def _key_label(key: str) -> str:
+    """A key as it can be printed on one log line: as it is when short and printable, else quoted and cut."""
+    return key if key.isprintable() and 0 < len(key) <= 40 else _show(key)
 
 
 def _read_lines(handle: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, int, bytes | None, int]]:

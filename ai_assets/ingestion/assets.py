@@ -1,7 +1,6 @@
 """RAG ingestion: sources -> documents -> token-aware chunks -> vectors in Qdrant, incrementally."""
 
 import hashlib
-import os
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -9,8 +8,9 @@ from dataclasses import asdict
 import dagster as dg
 import pyarrow as pa
 
+from ai_assets import settings
 from ai_assets.ingestion.chunking import CHUNKER_VERSION, ChunkingSettings, chunk_id, chunk_texts
-from ai_assets.ingestion.sources import Document, SourceProblem, read_source
+from ai_assets.ingestion.sources import SourceProblem, read_source
 from ai_assets.ingestion.vector_index import (
     DesiredChunk,
     apply_sync,
@@ -89,10 +89,11 @@ def raw_documents(
     seen: set[str] = set()
     chars = 0
     cache_dir = data_dir() / "cache" / "http"
+    http, local = document_sources.http_settings(), document_sources.local_settings()
     progress = Progress("reading sources", 0, context.log.info, unit="documents")
     try:
         for spec in specs:
-            for item in read_source(spec, http=document_sources.http_settings(), cache_dir=cache_dir):
+            for item in read_source(spec, http=http, cache_dir=cache_dir, local=local):
                 if isinstance(item, SourceProblem):
                     problems.append(item)
                     context.log.warning(f"source {item.source}: {item.location}: {item.message}")
@@ -140,8 +141,8 @@ def raw_documents(
 class ChunkingConfig(dg.Config):
     """Token-aware chunking; any change builds a new collection and swaps the alias when it is ready."""
 
-    chunk_size: int = int(os.environ.get("CHUNK_SIZE", "200"))
-    chunk_overlap: int = int(os.environ.get("CHUNK_OVERLAP", "32"))
+    chunk_size: int = settings.value("CHUNK_SIZE")
+    chunk_overlap: int = settings.value("CHUNK_OVERLAP")
 
 
 @dg.asset(

@@ -2,12 +2,13 @@
 
 import hashlib
 import json
-import os
 
 import dagster as dg
 
+from ai_assets import settings
 from ai_assets.ingestion.sources import iter_watched_files
 from ai_assets.resources.sources import DocumentSourcesResource
+from ai_assets.run_recovery import executor as run_recovery_executor
 
 rag_ingestion = dg.define_asset_job(
     "rag_ingestion",
@@ -16,7 +17,7 @@ rag_ingestion = dg.define_asset_job(
     # The steps form one chain that shares the embedding model and the embedded Qdrant folder (which
     # one process can open at a time): running them in one process loads each once and never waits
     # on the folder lock.
-    executor_def=dg.in_process_executor,
+    executor_def=run_recovery_executor.in_process_executor,
     tags={"domain": "ingestion"},
 )
 
@@ -24,7 +25,7 @@ nightly_rag_refresh = dg.ScheduleDefinition(
     name="nightly_rag_refresh",
     job=rag_ingestion,
     cron_schedule="0 1 * * *",
-    execution_timezone=os.environ.get("AI_ASSETS_TIMEZONE", "UTC"),
+    execution_timezone=settings.value("AI_ASSETS_TIMEZONE"),
     description="Re-reads every source at 01:00 (AI_ASSETS_TIMEZONE): catches URL sources, which no "
     "sensor watches.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
@@ -38,7 +39,8 @@ def source_fingerprints(document_sources: DocumentSourcesResource) -> dict[str, 
         if spec.kind != "path":
             continue
         digest = hashlib.sha256()
-        for relpath, size, mtime_ns in iter_watched_files(spec):
+        watched = iter_watched_files(spec, follow_external_symlinks=document_sources.follow_external_symlinks)
+        for relpath, size, mtime_ns in watched:
             digest.update(f"{relpath}\x00{size}\x00{mtime_ns}\n".encode())
         fingerprints[spec.name] = digest.hexdigest()[:16]
     return fingerprints

@@ -39,6 +39,13 @@ Locality: a cut depends only on the text up to ``chunk_size`` tokens past the ch
 edit leaves every chunk whose ``start + chunk_size`` token window ends before the edit unchanged, and
 chunks after the edit are identical again (up to a shift of their character offsets) as soon as a cut
 falls on the same heading or paragraph break as before.
+
+Cost: time and memory are linear in the document's size. A token's offsets live in two compact
+arrays (8 bytes a token) and a character position maps to a token by bisection. With a tokenizer whose
+tokens never cross whitespace (BERT-like: see :func:`_sectionable`), a long text is tokenized in
+sections of about ``_SECTION_CHARS`` characters, each cut just after a newline (else a space or tab):
+this gives exactly the tokens of the whole text, while the tokenizer's own working memory (tens of
+bytes a character) stays bounded whatever the document's size. Other tokenizers see whole documents.
 """
 
 from __future__ import annotations
@@ -48,9 +55,12 @@ import json
 import re
 import unicodedata
 import uuid
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import itemgetter, le, lt
 from pathlib import Path
 
 import tokenizers
@@ -153,32 +163,24 @@ def chunk_texts(
             raise TypeError(f"texts[{i}] must be str (got {type(t).__name__})")
 
     results: list[list[Chunk]] = [[] for _ in texts]
-    todo = [i for i, t in enumerate(texts) if t and not t.isspace()]
-    if not todo:
-        return results
-    encodings = tokenizer.encode_batch([texts[i] for i in todo], add_special_tokens=False)
-
-    planned: list[tuple[int, _Doc, list[tuple[int, int]]]] = []
-    for i, enc in zip(todo, encodings):
-        doc = _Doc(texts[i], enc, tokenizer, settings)
-        if doc.n:
-            planned.append((i, doc, doc.plan(verify_all=False)))
-
-    # Re-tokenize every chunk on its own (one parallel batch): token_count is what the model sees.
-    spans = [doc.span_text(s, k) for _, doc, plan in planned for s, k in plan]
-    counts = _count_tokens(tokenizer, [t for _, _, t in spans])
-    pos = 0
-    for i, doc, plan in planned:
-        doc_spans, doc_counts = spans[pos:pos + len(plan)], counts[pos:pos + len(plan)]
-        pos += len(plan)
-        if max(doc_counts) > settings.chunk_size:
-            # A cut assumed safe was not (a tokenizer that is not BERT-like): plan this document
-            # again, re-tokenizing every chunk as it is chosen and shrinking it until it fits.
-            doc_spans = [doc.span_text(s, k) for s, k in doc.plan(verify_all=True)]
-            doc_counts = _count_tokens(tokenizer, [t for _, _, t in doc_spans])
-            if max(doc_counts) > settings.chunk_size:  # pragma: no cover - fit() prevents this
-                raise AssertionError("chunker produced a chunk over chunk_size; please report")
-        results[i] = _make_chunks(doc_spans, doc_counts)
+    sectioned = _sectionable(tokenizer)
+    # Sections of several documents are tokenized together (encode_batch runs them in parallel), up to
+    # _BATCH_CHARS characters at a time; a document is planned once its last section is tokenized.
+    batch: list[_Section] = []
+    batch_chars = 0
+    for i, text in enumerate(texts):
+        if not text or text.isspace():
+            continue
+        offsets = _Offsets(len(text))
+        bounds = _section_bounds(text, _SECTION_CHARS) if sectioned else [(0, len(text))]
+        for j, (a, b) in enumerate(bounds):
+            batch.append(_Section(i, offsets, a, b, j + 1 == len(bounds)))
+            batch_chars += b - a
+            if batch_chars >= _BATCH_CHARS:
+                _chunk_batch(texts, batch, tokenizer, settings, results)
+                batch, batch_chars = [], 0
+    if batch:
+        _chunk_batch(texts, batch, tokenizer, settings, results)
     return results
 
 
@@ -187,6 +189,17 @@ def chunk_texts(
 
 _HEADING, _PARA, _LINE, _SENT, _WORD, _PUNCT, _MIDWORD, _END = range(8)
 _NO_OVERLAP = frozenset({_HEADING, _PARA, _END})
+
+# The tokenizer holds tens of bytes per character while it works (normalized text, alignments, token
+# strings): sections bound that for any document size, and batches bound it for many documents.
+_SECTION_CHARS = 1 << 18
+_BATCH_CHARS = 1 << 21
+# Components that never join characters across a space, tab or newline, nor move them across one:
+# with them, tokenizing a text in sections cut after such a character gives the whole text's tokens.
+_SECTIONABLE_NORMALIZERS = frozenset(
+    {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+)
+_SECTIONABLE_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
 
 # Markdown heading line starts (up to 3 spaces of indent) and code fences, in one pass.
 _BLOCK_RE = re.compile(r"^[ ]{0,3}(?:(?P<fence>`{3,}|~{3,})|(?P<hashes>#{1,6})(?=[ \t\r]|$))", re.M)
@@ -197,6 +210,8 @@ _SENT_RE = re.compile(
     r"[.!?][\"'\u201d\u2019)\]]*\s+"
     r"|[\u3002\uff01\uff1f][\u300d\u300f\u201d\u2019\uff09\"')\]]*\s*"
 )
+# Where a section may end when a stretch of text has no newline (see _section_bounds).
+_SPLIT_RE = re.compile("[ \t\n]")
 # Whitespace as the BERT normalizer sees it (Python's \s also matches control characters such as
 # \x0b or \x1c, which the tokenizer deletes, gluing the words on either side together).
 _WS_RE = re.compile("[\t\n\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
@@ -233,10 +248,63 @@ def _check_tokenizer(tokenizer: tokenizers.Tokenizer) -> None:
         )
 
 
+def _sectionable(tokenizer: tokenizers.Tokenizer) -> bool:
+    """True if tokenizing a text in sections cut just after whitespace gives the same tokens (and
+    offsets, once shifted) as tokenizing it whole: a BERT-like pipeline, and no added token that
+    contains whitespace or strips it from its neighbours."""
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+    if normalizer is not None and type(normalizer).__name__ not in _SECTIONABLE_NORMALIZERS:
+        return False
+    if pre_tokenizer is None or type(pre_tokenizer).__name__ not in _SECTIONABLE_PRE_TOKENIZERS:
+        return False
+    return not any(
+        added.lstrip or added.rstrip or any(ch.isspace() for ch in added.content)
+        for added in tokenizer.get_added_tokens_decoder().values()
+    )
+
+
+def _section_bounds(text: str, target: int) -> list[tuple[int, int]]:
+    """[start, end) sections of about ``target`` characters (at least half), each but the last ending
+    just after a newline, else after a space or tab; a stretch with none of these stays whole."""
+    bounds: list[tuple[int, int]] = []
+    a, n = 0, len(text)
+    while n - a > target:
+        lo, hi = a + target // 2, a + target
+        cut = text.rfind("\n", lo, hi)
+        if cut < 0:
+            cut = max(text.rfind(" ", lo, hi), text.rfind("\t", lo, hi))
+        if cut < 0:
+            found = _SPLIT_RE.search(text, hi)
+            if found is None:
+                break
+            cut = found.start()
+        if cut + 1 >= n:
+            break
+        bounds.append((a, cut + 1))
+        a = cut + 1
+    bounds.append((a, n))
+    return bounds
+
+
+def _groups(texts: list[str], budget: int) -> Iterator[list[str]]:
+    """Consecutive runs of ``texts`` of at most ``budget`` characters (or one longer text)."""
+    group: list[str] = []
+    size = 0
+    for t in texts:
+        if group and size + len(t) > budget:
+            yield group
+            group, size = [], 0
+        group.append(t)
+        size += len(t)
+    if group:
+        yield group
+
+
 def _count_tokens(tokenizer: tokenizers.Tokenizer, texts: list[str]) -> list[int]:
-    if not texts:
-        return []
-    return [len(e) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    counts: list[int] = []
+    for group in _groups(texts, _BATCH_CHARS):  # every Encoding of a group is alive at once
+        counts.extend(len(e) for e in tokenizer.encode_batch_fast(group, add_special_tokens=False))
+    return counts
 
 
 def _make_chunks(spans: list[tuple[int, int, str]], counts: list[int]) -> list[Chunk]:
@@ -253,25 +321,103 @@ def _make_chunks(spans: list[tuple[int, int, str]], counts: list[int]) -> list[C
     ]
 
 
-class _Doc:
-    """One tokenized document and its candidate cut points (token indices: cut k = before token k).
+@dataclass(frozen=True)
+class _Section:
+    doc: int  # index of the document in the input
+    offsets: _Offsets  # the document's token offsets, filled section by section
+    start: int  # characters [start, end) of the document
+    end: int
+    last: bool
 
-    Token offsets are read lazily from the ``Encoding`` (materializing ``enc.offsets`` for every token
-    costs more than the whole planning): only candidate positions are mapped to tokens."""
+
+class _Offsets:
+    """Token character offsets of one document as two compact arrays (a list of tuples would cost
+    about 150 bytes a token), and whether they are regular: every token non-empty, starts and ends
+    non-decreasing. BERT-like tokenizers always give regular offsets."""
+
+    def __init__(self, n_chars: int) -> None:
+        code = "i" if n_chars < 2**31 else "q"
+        self.starts = array(code)
+        self.ends = array(code)
+        self.regular = True
+
+    def extend(self, offsets: list[tuple[int, int]], base: int) -> None:
+        """Append one section's offsets, relative to the section that starts at ``base``."""
+        if not offsets:
+            return
+        starts = [base + s for s, _ in offsets] if base else list(map(itemgetter(0), offsets))
+        ends = [base + e for _, e in offsets] if base else list(map(itemgetter(1), offsets))
+        if self.regular:
+            self.regular = (
+                (not self.starts or (self.starts[-1] <= starts[0] and self.ends[-1] <= ends[0]))
+                and all(map(lt, starts, ends))
+                and all(map(le, starts, islice(starts, 1, None)))
+                and all(map(le, ends, islice(ends, 1, None)))
+            )
+        self.starts.extend(starts)
+        self.ends.extend(ends)
+
+
+def _chunk_batch(
+    texts: list[str],
+    batch: list[_Section],
+    tokenizer: tokenizers.Tokenizer,
+    settings: ChunkingSettings,
+    results: list[list[Chunk]],
+) -> None:
+    """Tokenize a batch of sections, then chunk every document whose last section is among them."""
+    encodings = tokenizer.encode_batch(
+        [texts[sec.doc][sec.start:sec.end] for sec in batch], add_special_tokens=False
+    )
+    done: list[_Section] = []
+    for sec, enc in zip(batch, encodings):
+        sec.offsets.extend(enc.offsets, sec.start)
+        if sec.last:
+            done.append(sec)
+    del encodings
+
+    planned: list[tuple[int, _Doc, list[tuple[int, int]]]] = []
+    for sec in done:
+        doc = _Doc(texts[sec.doc], sec.offsets, tokenizer, settings)
+        if doc.n:
+            planned.append((sec.doc, doc, doc.plan(verify_all=False)))
+
+    # Re-tokenize every chunk on its own (in parallel batches): token_count is what the model sees.
+    spans = [doc.span_text(s, k) for _, doc, plan in planned for s, k in plan]
+    counts = _count_tokens(tokenizer, [t for _, _, t in spans])
+    pos = 0
+    for i, doc, plan in planned:
+        doc_spans, doc_counts = spans[pos:pos + len(plan)], counts[pos:pos + len(plan)]
+        pos += len(plan)
+        if max(doc_counts) > settings.chunk_size:
+            # A cut assumed safe was not (a tokenizer that is not BERT-like): plan this document
+            # again, re-tokenizing every chunk as it is chosen and shrinking it until it fits.
+            doc_spans = [doc.span_text(s, k) for s, k in doc.plan(verify_all=True)]
+            doc_counts = _count_tokens(tokenizer, [t for _, _, t in doc_spans])
+            if max(doc_counts) > settings.chunk_size:  # pragma: no cover - fit() prevents this
+                raise AssertionError("chunker produced a chunk over chunk_size; please report")
+        results[i] = _make_chunks(doc_spans, doc_counts)
+
+
+class _Doc:
+    """One tokenized document and its candidate cut points (token indices: cut k = before token k)."""
 
     def __init__(
         self,
         text: str,
-        enc: tokenizers.Encoding,
+        offsets: _Offsets,
         tokenizer: tokenizers.Tokenizer,
         settings: ChunkingSettings,
     ) -> None:
         self.text = text
-        self.enc = enc
+        self.starts, self.ends = offsets.starts, offsets.ends
+        self.regular = offsets.regular
+        self._cover: array | None = None  # irregular offsets only: see _token_at_or_after_irregular
+        self._covered_starts: list[int] = []
         self.tokenizer = tokenizer
         self.size = settings.chunk_size
         self.overlap = settings.chunk_overlap
-        self.n = n = len(enc)
+        self.n = n = len(self.starts)
         if not n:
             return
         token_at = self.token_at_or_after
@@ -323,38 +469,60 @@ class _Doc:
     # -- offsets ------------------------------------------------------------------------------------
 
     def token_at_or_after(self, pos: int) -> int:
-        """Index of the first token starting at or after character ``pos`` (n if none)."""
-        enc, text = self.enc, self.text
-        limit = len(text)
-        while pos < limit:
-            k = enc.char_to_token(pos)
-            if k is not None:
-                return k if enc.token_to_chars(k)[0] >= pos else k + 1
-            pos += 1
-        return self.n
+        """Index of the first token starting at or after character ``pos`` (n if none).
+
+        Precisely (what ``Encoding.char_to_token`` gave, at a cost that grew with the document): the
+        first token ``k`` covering the first covered character at or after ``pos``; ``k + 1`` if
+        that token starts before ``pos``. With regular offsets that is token ``i``, the first one
+        ending after ``pos`` (nothing before it covers ``pos`` or anything later, and it covers
+        ``pos`` or starts the next covered stretch), or ``i + 1`` if ``i`` starts before ``pos``."""
+        if not self.regular:
+            return self._token_at_or_after_irregular(pos)
+        i = bisect_right(self.ends, pos)
+        return i + 1 if i < self.n and self.starts[i] < pos else i
+
+    def _token_at_or_after_irregular(self, pos: int) -> int:
+        # Empty or unordered tokens (no BERT-like tokenizer makes them): a map from each character
+        # to the first token covering it, 4 bytes a character, built on first use.
+        text, starts, ends, n = self.text, self.starts, self.ends, self.n
+        if self._cover is None:
+            cover = array("i" if n < 2**31 else "q", [-1]) * len(text)
+            for k in range(n - 1, -1, -1):
+                s, e = starts[k], min(ends[k], len(text))
+                if s < e:
+                    cover[s:e] = array(cover.typecode, [k]) * (e - s)
+            self._cover = cover
+            self._covered_starts = sorted({s for s, e in zip(starts, ends) if s < e})
+        if pos >= len(text):
+            return n
+        k = self._cover[pos]
+        if k < 0:  # not covered: no token covering a later character starts before pos either
+            j = bisect_right(self._covered_starts, pos)
+            if j == len(self._covered_starts):
+                return n
+            k = self._cover[self._covered_starts[j]]
+        return k if starts[k] >= pos else k + 1
 
     def start_char(self, k: int) -> int:
-        return self.enc.token_to_chars(k)[0]
+        return self.starts[k]
 
     # -- boundary tests -----------------------------------------------------------------------------
 
     def word_start(self, k: int) -> bool:
         """True if a cut before token k falls between two words."""
         text = self.text
-        gap_start = self.enc.token_to_chars(k - 1)[1]
-        gap_end = self.enc.token_to_chars(k)[0]
+        gap_start = self.ends[k - 1]
+        gap_end = self.starts[k]
         if gap_end > gap_start and _WS_RE.search(text, gap_start, gap_end):
             return True
         return _is_cjk(text[gap_end]) or _is_cjk(text[gap_start - 1])
 
     def punct_boundary(self, k: int) -> bool:
         """True if a cut before token k falls next to punctuation (a pre-tokenizer split)."""
-        return _is_punct(self.text[self.enc.token_to_chars(k - 1)[1] - 1]) or _is_punct(
-            self.text[self.enc.token_to_chars(k)[0]]
-        )
+        return _is_punct(self.text[self.ends[k - 1] - 1]) or _is_punct(self.text[self.starts[k]])
 
     def after_punct(self, k: int) -> bool:
-        return _is_punct(self.text[self.enc.token_to_chars(k - 1)[1] - 1])
+        return _is_punct(self.text[self.ends[k - 1] - 1])
 
     # -- planning -----------------------------------------------------------------------------------
 

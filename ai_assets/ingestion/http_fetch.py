@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 
 __all__ = [
@@ -62,6 +65,10 @@ class NotModified(Exception):
 def fetch(url: str, http: HttpSettings, cached: dict[str, Any] | None) -> Fetched:
     """GET ``url`` following redirects by hand, so that every hop is checked.
 
+    ``http.timeout_s`` is one deadline for the whole fetch of ``url``:
+    connecting, sending, the response headers of every redirect hop and the
+    body. A server that trickles bytes cannot stretch it.
+
     Raises:
         NotModified: on 304 with a cached copy.
         FetchError: on any failure, with the message for the problem.
@@ -72,28 +79,145 @@ def fetch(url: str, http: HttpSettings, cached: dict[str, Any] | None) -> Fetche
             headers["If-None-Match"] = cached["etag"]
         if cached.get("last_modified"):
             headers["If-Modified-Since"] = cached["last_modified"]
-    # httpx timeouts apply per operation; the deadline bounds the whole fetch,
-    # so a server trickling bytes cannot hold a run hostage.
-    deadline = time.monotonic() + http.timeout_s
-    timed_out = FetchError(f"timed out after {float(http.timeout_s)} s")
+    deadline = _Deadline(time.monotonic() + http.timeout_s)
+    current = url
     try:
         with httpx.Client(timeout=http.timeout_s, follow_redirects=False) as client:
-            current = httpx.URL(url)
+            _bound_by_deadline(client, deadline)
             for _hop in range(http.max_redirects + 1):
                 with client.stream("GET", current, headers=headers) as response:
                     if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
-                        current = _next_hop(response)
-                        if time.monotonic() > deadline:
-                            raise timed_out
+                        current = str(_next_hop(response))
+                        deadline.check(httpx.ConnectTimeout)
                         continue
-                    return _finish_response(response, http, cached, deadline, timed_out)
+                    return _finish_response(response, http, cached, deadline)
             raise FetchError(f"too many redirects (more than {http.max_redirects})")
     except httpx.TimeoutException:
-        raise timed_out from None
+        raise _timed_out(url, current, http.timeout_s) from None
     except httpx.ConnectError as error:
         raise FetchError(f"connection failed: {error}") from None
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise FetchError(f"request failed: {type(error).__name__}: {error}") from None
+
+
+def _timed_out(url: str, current: str, timeout_s: float) -> FetchError:
+    where = url if current == url else f"{url} (stalled at the redirect to {current})"
+    return FetchError(
+        f"timed out after {float(timeout_s)} s fetching {where}; the limit (HTTP_TIMEOUT_S) covers "
+        "connecting, the headers of every redirect and the body"
+    )
+
+
+# ---------------------------------------------------------------------------
+# One deadline for every socket operation of a fetch
+# ---------------------------------------------------------------------------
+
+
+class _Deadline:
+    """A point in ``time.monotonic()`` after which no socket operation may start."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def check(self, timeout_error: type[Exception]) -> None:
+        if time.monotonic() >= self.at:
+            raise timeout_error("the fetch deadline has passed")
+
+    def bound(self, timeout: float | None, timeout_error: type[Exception]) -> float:
+        """The time one operation may block: its own timeout, cut to what is left."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise timeout_error("the fetch deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read and write ends by the fetch deadline.
+
+    httpx's timeouts apply to each socket operation, so a server sending one
+    header byte per second never trips a 10 s read timeout; cutting each
+    operation's timeout to the time left makes the total bounded.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.bound(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._deadline.bound(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, bounded), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's blocking socket backend, with every stream bound by one deadline.
+
+    Name resolution inside ``connect_tcp`` is the system resolver's, which
+    cannot be interrupted without a thread; its own timeout bounds it.
+    """
+
+    def __init__(self, deadline: _Deadline) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, bounded, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, bounded, socket_options), self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _bound_by_deadline(client: httpx.Client, deadline: _Deadline) -> None:
+    """Make every connection ``client`` opens (direct or through a proxy) obey ``deadline``.
+
+    httpx offers no public hook for httpcore's network backend, so this sets
+    the pools' backend attribute (httpx 0.28 / httpcore 1.0, pinned). If a new
+    version moves it, fail loudly rather than silently lose the bound.
+    """
+    transports = [client._transport, *(t for t in client._mounts.values() if t is not None)]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
+            raise RuntimeError(
+                f"cannot bound HTTP fetches by a deadline with httpx {httpx.__version__} / httpcore "
+                f"{httpcore.__version__}: {type(transport).__name__} has no httpcore connection pool "
+                "with a network backend; pin the versions in pyproject.toml"
+            )
+        pool._network_backend = _DeadlineBackend(deadline)
 
 
 def _next_hop(response: httpx.Response) -> httpx.URL:
@@ -113,8 +237,7 @@ def _finish_response(
     response: httpx.Response,
     http: HttpSettings,
     cached: dict[str, Any] | None,
-    deadline: float,
-    timed_out: FetchError,
+    deadline: _Deadline,
 ) -> Fetched:
     if response.status_code == 304:
         if cached is None:
@@ -134,8 +257,8 @@ def _finish_response(
         received += len(chunk)
         if received > http.max_bytes:
             raise too_large
-        if time.monotonic() > deadline:
-            raise timed_out
+        # Decoded bytes may come from a buffer without touching the socket.
+        deadline.check(httpx.ReadTimeout)
         chunks.append(chunk)
 
     mime, charset = _parse_content_type(response.headers.get("content-type", ""))

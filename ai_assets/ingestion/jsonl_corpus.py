@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ai_assets.ingestion.documents import Document, SourceProblem, SourceSpec, document_or_empty
 from ai_assets.ingestion.text_formats import (
@@ -22,17 +22,24 @@ __all__ = ["read_jsonl"]
 
 
 def read_jsonl(
-    spec: SourceSpec, path: Path, base_id: str, data: bytes
+    spec: SourceSpec, path: Path, base_id: str, handle: BinaryIO, *, max_record_bytes: int
 ) -> Iterator[Document | SourceProblem]:
-    """Read a BEIR-style corpus file: one ``{"_id", "title", "text"}`` object per line."""
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM):]
+    """Read a BEIR-style corpus file: one ``{"_id", "title", "text"}`` object per line.
+
+    ``handle`` is read one line at a time, so memory holds one record however
+    large the corpus; a record over ``max_record_bytes`` is reported (keeping
+    its indexed chunks when its ``_id`` can be found) and skipped unread.
+    """
     first_line_of: dict[str, int] = {}
     saw_content = False
-    for line_number, raw_line in enumerate(data.split(b"\n"), start=1):
+    for line_number, (raw_line, cut_size) in enumerate(_lines(handle, max_record_bytes), start=1):
+        if line_number == 1 and raw_line.startswith(UTF8_BOM):
+            raw_line = raw_line[len(UTF8_BOM):]
+            cut_size = None if cut_size is None else cut_size - len(UTF8_BOM)
         raw_line = raw_line.rstrip(b"\r")
         if not raw_line.strip():
             continue
+        size = len(raw_line) if cut_size is None else cut_size
         saw_content = True
         location = f"{path}:{line_number}"
 
@@ -40,6 +47,18 @@ def read_jsonl(
             doc_id = f"{base_id}#{record_id}" if record_id is not None else None
             return SourceProblem(spec.name, location, message, doc_id=doc_id)
 
+        if size > max_record_bytes:
+            record_id = _salvage_id(raw_line)
+            kept = "its indexed chunks are kept" if record_id is not None else (
+                "no '_id' found in its first bytes, so any chunks it had are removed"
+            )
+            yield problem(
+                f"record too large: {size} bytes, over the {max_record_bytes}-byte limit for one "
+                f"document (max_file_bytes, env LOCAL_MAX_FILE_BYTES, applies per JSONL record); "
+                f"not read, {kept}",
+                record_id,
+            )
+            continue
         try:
             line = raw_line.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -90,6 +109,36 @@ def read_jsonl(
         # Not an error for the index (no ids to keep), but a silently empty
         # corpus file is almost always a broken export worth surfacing.
         yield SourceProblem(spec.name, str(path), "no records (empty JSONL file)")
+
+
+def _lines(handle: BinaryIO, limit: int) -> Iterator[tuple[bytes, int | None]]:
+    """Yield ``(line, cut_size)`` per line, without its ``\\n``.
+
+    A line that cannot hold a record of at most ``limit`` bytes (even with a
+    BOM and a ``\\r`` around it) is cut to its first bytes, enough to find
+    its ``_id``, and comes with its full size; the rest is read in blocks and
+    dropped, so memory never holds more than one record within the limit.
+    Other lines come whole, with ``cut_size`` None.
+    """
+    cap = limit + len(UTF8_BOM) + 2  # a record of exactly `limit` bytes, a BOM and "\r\n"
+    while True:
+        line = handle.readline(cap)
+        if not line:
+            return
+        if line.endswith(b"\n"):
+            yield line[:-1], None
+        elif len(line) < cap:
+            yield line, None  # the last line, without a line end
+        else:
+            size, last = len(line), line[-1:]
+            while rest := handle.readline(1 << 20):
+                ended = rest.endswith(b"\n")
+                if ended:
+                    rest = rest[:-1]
+                size, last = size + len(rest), rest[-1:] or last
+                if ended:
+                    break
+            yield line, size - (last == b"\r")  # the size of the record, not of its "\r\n"
 
 
 def _record_id(record: dict[str, Any]) -> tuple[str | None, str]:

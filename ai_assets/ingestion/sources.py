@@ -32,7 +32,12 @@ from urllib.parse import urlsplit
 
 from ai_assets.ingestion.documents import Document, SourceProblem, SourceSpec
 from ai_assets.ingestion.http_fetch import HttpSettings
-from ai_assets.ingestion.local_files import SUPPORTED_EXTENSIONS, list_path_source, read_path_source
+from ai_assets.ingestion.local_files import (
+    SUPPORTED_EXTENSIONS,
+    LocalSettings,
+    list_path_source,
+    read_path_source,
+)
 from ai_assets.ingestion.text_formats import content_hash as content_hash
 from ai_assets.ingestion.text_formats import normalize_text as normalize_text
 from ai_assets.ingestion.url_source import read_url
@@ -40,6 +45,7 @@ from ai_assets.ingestion.url_source import read_url
 __all__ = [
     "Document",
     "HttpSettings",
+    "LocalSettings",
     "SUPPORTED_EXTENSIONS",
     "SourceProblem",
     "SourceSpec",
@@ -139,21 +145,24 @@ def _default_path_name(path: str) -> str:
 
 
 def read_source(
-    spec: SourceSpec, *, http: HttpSettings, cache_dir: Path
+    spec: SourceSpec, *, http: HttpSettings, cache_dir: Path, local: LocalSettings | None = None
 ) -> Iterator[Document | SourceProblem]:
     """Yield the documents of one source and the problems met reading it.
 
     Path sources yield documents in sorted relative-path order (JSONL records
     in line order); a URL source yields exactly one document or one problem
-    (``source_unavailable=True``). Never raises for bad input.
+    (``source_unavailable=True``). ``local`` limits path sources (defaults:
+    :class:`LocalSettings`). Never raises for bad input.
     """
     if spec.kind == "url":
         yield from read_url(spec, http=http, cache_dir=cache_dir)
     else:
-        yield from read_path_source(spec)
+        yield from read_path_source(spec, local)
 
 
-def iter_watched_files(spec: SourceSpec) -> Iterator[tuple[str, int, int]]:
+def iter_watched_files(
+    spec: SourceSpec, *, follow_external_symlinks: bool = False
+) -> Iterator[tuple[str, int, int]]:
     """Yield ``(relative path, size, mtime_ns)`` for every file ``read_source`` would read.
 
     Meant for a change sensor: sorted, nothing for URL sources and nothing (no
@@ -163,9 +172,9 @@ def iter_watched_files(spec: SourceSpec) -> Iterator[tuple[str, int, int]]:
     """
     if spec.kind != "path":
         return
-    for relative, path in list_path_source(spec)[0]:
+    for relative, _path, real in list_path_source(spec, follow_external_symlinks=follow_external_symlinks)[0]:
         try:
-            stat = path.stat()
+            stat = real.stat()
         except OSError:
             yield relative, -1, -1
         else:

@@ -1,16 +1,21 @@
 """Every resource of the code location, configured from the environment with embedded defaults.
 
-Unset variables fall back to the embedded stack (on-disk Qdrant, the bundled model); set ones are
-passed as `dg.EnvVar` so they are read at run time and secrets never appear in the UI.
+Each setting is declared once in `ai_assets.settings` (variable, default, valid values). Every set
+variable is validated here, when the code location loads, so a bad value stops the load with a message
+naming the variable and its value instead of failing a run later. String and integer settings are then
+passed as `dg.EnvVar` / `dg.EnvVar.int`, read again when a run starts (secrets never appear in the UI);
+float and bool settings are passed as their parsed values, because Dagster 1.13 has no environment-variable
+source for `float` fields (only `EnvVar` for str and `EnvVar.int` for int). A run re-loads the code
+location in its own process, so those values are that process's too.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 
+from ai_assets import settings
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets.resources.qdrant import QdrantResource
@@ -18,49 +23,50 @@ from ai_assets.resources.sources import DocumentSourcesResource
 from ai_assets.storage import ParquetTableIOManager
 
 
-def _env(name: str, default: Any = None) -> Any:
-    return dg.EnvVar(name) if os.environ.get(name) else default
-
-
-def _env_int(name: str, default: int) -> Any:
-    return dg.EnvVar.int(name) if os.environ.get(name) else default
-
-
-def _env_float(name: str, default: float) -> Any:
-    return dg.EnvVar.float(name) if os.environ.get(name) else default
+def setting_field(name: str) -> Any:
+    """What a resource field receives for setting `name`: its default when unset, else an `EnvVar`
+    for str/int settings and the validated value for the others."""
+    value = settings.value(name)  # validates every set variable, naming each invalid one
+    kind = settings.SETTINGS[name].env_kind
+    if not settings.is_set(name) or kind == "literal":
+        return value
+    return dg.EnvVar(name) if kind == "str" else dg.EnvVar.int(name)
 
 
 def build_resources() -> dict[str, Any]:
+    settings.check_environment()
     return {
         "qdrant": QdrantResource(
-            url=_env("QDRANT_URL"),
-            api_key=_env("QDRANT_API_KEY"),
-            path=_env("QDRANT_PATH"),
-            alias=_env("QDRANT_ALIAS", "knowledge-base"),
+            url=setting_field("QDRANT_URL"),
+            api_key=setting_field("QDRANT_API_KEY"),
+            path=setting_field("QDRANT_PATH"),
+            alias=setting_field("QDRANT_ALIAS"),
         ),
         "embedding_model": EmbeddingModelResource(
-            model=_env("EMBEDDING_MODEL", ""),
-            device=_env("EMBEDDING_DEVICE", "cpu"),
-            batch_size=_env_int("EMBEDDING_BATCH_SIZE", 64),
-            threads=_env_int("EMBEDDING_THREADS", 0),
+            model=setting_field("EMBEDDING_MODEL"),
+            device=setting_field("EMBEDDING_DEVICE"),
+            batch_size=setting_field("EMBEDDING_BATCH_SIZE"),
+            threads=setting_field("EMBEDDING_THREADS"),
         ),
         "document_sources": DocumentSourcesResource(
-            sources=_env("AI_ASSETS_SOURCES", ""),
-            http_timeout_s=_env_float("HTTP_TIMEOUT_S", 10.0),
-            http_max_bytes=_env_int("HTTP_MAX_BYTES", 5_000_000),
+            sources=setting_field("AI_ASSETS_SOURCES"),
+            http_timeout_s=setting_field("HTTP_TIMEOUT_S"),
+            http_max_bytes=setting_field("HTTP_MAX_BYTES"),
+            max_file_bytes=setting_field("LOCAL_MAX_FILE_BYTES"),
+            follow_external_symlinks=setting_field("AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS"),
         ),
         "table_io_manager": ParquetTableIOManager(),
         # Neither OPENAI_BASE_URL nor OPENAI_API_KEY set: the embedded SmolLM2 server.
         "llm": OpenAIResource(
-            base_url=_env("OPENAI_BASE_URL"),
-            api_key=_env("OPENAI_API_KEY"),
-            organization=_env("OPENAI_ORG_ID"),
-            project=_env("OPENAI_PROJECT_ID"),
-            model=_env("OPENAI_MODEL", ""),
-            timeout_s=_env_float("OPENAI_TIMEOUT_S", 120.0),
-            max_in_flight=_env_int("OPENAI_MAX_IN_FLIGHT", 16),
-            max_attempts=_env_int("OPENAI_MAX_ATTEMPTS", 6),
-            requests_per_minute=_env_float("OPENAI_REQUESTS_PER_MINUTE", None),
-            tokens_per_minute=_env_float("OPENAI_TOKENS_PER_MINUTE", None),
+            base_url=setting_field("OPENAI_BASE_URL"),
+            api_key=setting_field("OPENAI_API_KEY"),
+            organization=setting_field("OPENAI_ORG_ID"),
+            project=setting_field("OPENAI_PROJECT_ID"),
+            model=setting_field("OPENAI_MODEL"),
+            timeout_s=setting_field("OPENAI_TIMEOUT_S"),
+            max_in_flight=setting_field("OPENAI_MAX_IN_FLIGHT"),
+            max_attempts=setting_field("OPENAI_MAX_ATTEMPTS"),
+            requests_per_minute=setting_field("OPENAI_REQUESTS_PER_MINUTE"),
+            tokens_per_minute=setting_field("OPENAI_TOKENS_PER_MINUTE"),
         ),
     }

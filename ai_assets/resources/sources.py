@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.ingestion.sources import HttpSettings, SourceSpec, parse_source_specs
+from ai_assets.ingestion.sources import HttpSettings, LocalSettings, SourceSpec, parse_source_specs
 
 
 def sample_corpus_path() -> Path:
@@ -19,14 +19,27 @@ class DocumentSourcesResource(dg.ConfigurableResource):
 
     `sources` is a comma- or newline-separated list of `name=location` or bare locations; a location is
     a folder, a single file, or an http(s) URL. Empty means the bundled sample corpus.
+
+    `http_timeout_s` bounds the whole fetch of one URL (connection, redirects, headers and body).
+    `max_file_bytes` caps one local document (a file, or one record of a JSONL corpus): a larger one is
+    reported and its indexed chunks are kept. Symbolic links are followed only while they stay inside
+    the source folder, unless `follow_external_symlinks` is set.
     """
 
     sources: str = ""
     http_timeout_s: float = 10.0
     http_max_bytes: int = 5_000_000
+    max_file_bytes: int = 20_000_000
+    follow_external_symlinks: bool = False
 
     def specs(self) -> list[SourceSpec]:
         return parse_source_specs(self.sources or f"sample_corpus={sample_corpus_path()}")
 
     def http_settings(self) -> HttpSettings:
         return HttpSettings(timeout_s=self.http_timeout_s, max_bytes=self.http_max_bytes)
+
+    def local_settings(self) -> LocalSettings:
+        """Raises ValueError naming `max_file_bytes` (LOCAL_MAX_FILE_BYTES) when it is not positive."""
+        return LocalSettings(
+            max_file_bytes=self.max_file_bytes, follow_external_symlinks=self.follow_external_symlinks
+        )

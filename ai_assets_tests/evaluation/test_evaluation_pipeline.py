@@ -68,6 +68,7 @@ def test_quality_metrics_offline_then_a_regression_is_caught(
     for name in ("ndcg_at_10", "mrr_at_10", "recall_at_10", "hit_rate_at_5", "ragas_score"):
         assert 0.0 <= meta[name] <= 1.0, name
     assert meta["ndcg_at_10"] >= 0.5  # the golden set was written against these pages
+    assert meta["relevant_docs_not_indexed"] == 0 and meta["questions_with_unindexed_relevant_docs"] == 0
     assert {"semantic_similarity", "rouge_l", "non_llm_string_similarity", "non_llm_context_recall"} <= set(meta["metrics"])
     # Reference sentences are compared as the chunks holding them: context recall reflects retrieval
     # (recall@3 of this golden set is near 1), not the length mismatch between a sentence and a chunk.
@@ -97,6 +98,15 @@ def test_quality_metrics_offline_then_a_regression_is_caught(
     assert checks["no_regression"].passed is False
     assert "ndcg_at_10" in checks["no_regression"].metadata["regressions"].value
     assert checks["metrics_meet_thresholds"].passed is False
+    # The judged documents are gone from the index: counted and named, not silently scored 0.
+    meta = metadata(second, "rag_quality_metrics")
+    golden = [json.loads(line) for line in (Path(evaluation.__file__).parent / "golden_sets" / "sample_corpus.jsonl").read_text().splitlines()]
+    expected = [q for q in golden if any(doc != keep for doc in q["relevant_doc_ids"])]
+    assert meta["questions_with_unindexed_relevant_docs"] == len(expected) > 0
+    assert meta["relevant_docs_not_indexed"] == sum(sum(doc != keep for doc in q["relevant_doc_ids"]) for q in expected)
+    logs = instance.all_logs(second.run_id)
+    named = [r.user_message for r in logs if "not in the index, so they score 0" in r.user_message]
+    assert named and expected[0]["id"] in named[0]
 
 
 def test_new_embeddings_trigger_a_new_evaluation(

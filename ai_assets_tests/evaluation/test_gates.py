@@ -27,7 +27,7 @@ def test_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("RAG_THRESHOLDS", '{"ndcg_at_10": 0.6}')
     assert configured_thresholds() == {"ndcg_at_10": 0.6}
     monkeypatch.setenv("RAG_THRESHOLDS", "{not json")
-    with pytest.raises(ValueError, match="RAG_THRESHOLDS is not valid JSON"):
+    with pytest.raises(ValueError, match=r"RAG_THRESHOLDS='\{not json': not valid JSON"):
         configured_thresholds()
     monkeypatch.setenv("RAG_THRESHOLDS", '{"ndcg_at_10": "high"}')
     with pytest.raises(ValueError, match="metric -> number"):

@@ -304,3 +304,11 @@ def test_a_well_formed_judge_yields_ragas_scores_and_a_malformed_question_does_n
     merged = merge_rows(score_without_llm([scored, malformed], embed), [good, bad])
     assert set(merged[0]) == {*ALL_METRICS, ERRORS_KEY}
     assert 0.0 < ragas_score(merged) <= 1.0
+
+
+def test_judge_errors_redact_the_key_also_without_its_prefix() -> None:
+    from ai_assets.evaluation.ragas_metrics import _describe
+
+    bare = API_KEY.removeprefix("sk-")
+    message = _describe(RuntimeError(f"401: invalid key {bare}; middle {bare[4:16]}"), secrets=(API_KEY,))
+    assert bare not in message and bare[4:16] not in message and "***" in message

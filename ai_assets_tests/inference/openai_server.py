@@ -15,7 +15,9 @@ Behaviour is steered from the prompt itself, by directives in the LAST user mess
     [sleep:0.8]      this item's latency, overriding the server-wide one
 
 A 401's error message echoes the request's Authorization header (a careless gateway), so tests can
-check that credentials are redacted before they reach an output file.
+check that credentials are redacted before they reach an output file. With `[echo-key:bare]` it echoes
+the key without `Bearer ` and without its `sk-`/`sk-proj-` prefix; with `[echo-key:part]`, 16
+characters from the middle of that (as a "key id").
 
 Fault directives apply in order: `[fail:429:1][drop:1]` is 429, then drop, then success.
 Successful answers echo the message (`echo: ...`) and report `usage` (word counts).
@@ -40,6 +42,7 @@ from typing import Any
 
 _ID = re.compile(r"\[id:([^\]]+)\]")
 _SLEEP = re.compile(r"\[sleep:([0-9.]+)\]")
+_ECHO_KEY = re.compile(r"\[echo-key:(bare|part)\]")
 _FAULT = re.compile(r"\[(fail:(\d{3})|drop|garbage)(?::(\d+))?\]")
 
 
@@ -64,6 +67,15 @@ def _fault_for(text: str, attempt: int) -> str | None:
             return kind
         remaining -= int(count)
     return None
+
+
+def _echoed_key(text: str, authorization: str) -> str:
+    """The credential as a 401 echoes it: the whole header, or per `[echo-key:bare|part]` its secret part."""
+    mode = _ECHO_KEY.search(text)
+    if mode is None:
+        return authorization
+    bare = re.sub(r"^Bearer\s+(sk-(?:proj-)?)?", "", authorization)
+    return bare if mode.group(1) == "bare" else f"key id ...{bare[4:20]}..."
 
 
 def _last_user_text(payload: dict[str, Any]) -> str:
@@ -130,6 +142,7 @@ class FakeOpenAIServer:
             self.attempts: dict[str, int] = defaultdict(int)
             self.in_flight = 0
             self.max_in_flight = 0
+            self.connections = 0  # TCP connections accepted (a kept-alive one serves many requests)
 
     def requests_for(self, item_id: str) -> int:
         with self._lock:
@@ -158,14 +171,20 @@ class FakeOpenAIServer:
                 outcomes[record.outcome] += 1
             total = sum(self.attempts.values())
             max_in_flight = self.max_in_flight
+            connections = self.connections
         return {
             "total_requests": total,
             "max_in_flight": max_in_flight,
+            "connections": connections,
             "mean_service_s": self.mean_service_s(),
             "outcomes": dict(outcomes),
         }
 
     # --- request handling (called from handler threads) -----------------------------------------
+
+    def _connected(self) -> None:
+        with self._lock:
+            self.connections += 1
 
     def _begin(self, item_id: str) -> int:
         with self._lock:
@@ -211,11 +230,18 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._connected()
+
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         # Observations for a client in another process (the benchmark runs the server in its own
         # process so that its threads do not compete with the client for one GIL).
         if self.path == "/_stats":
             self._send_json(200, self.server.fake.stats())
+        elif self.path.split("?")[0].rstrip("/") == "/v1/models":  # as every OpenAI-compatible server
+            model = {"id": "test-model", "object": "model", "created": 0, "owned_by": "test"}
+            self._send_json(200, {"object": "list", "data": [model]})
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -264,7 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
                 message = f"scripted {status} for {item_id}"
                 if status == 401:
                     # Like a careless gateway: echo the credential, so tests can check it is redacted.
-                    message = f"Incorrect API key provided: {self.headers.get('Authorization', '')}"
+                    message = f"Incorrect API key provided: {_echoed_key(text, self.headers.get('Authorization', ''))}"
                 self._send_json(status, {"error": {"message": message, "type": error_type, "code": None}}, headers)
             else:
                 self._send_json(200, _completion(payload, text, item_id, attempt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any
 import openai
 import pytest
 
-from ai_assets.inference.engine import BatchProgress, BatchStats, assemble_outputs, run_batch
-from ai_assets.inference.items import InferenceItem, OutputRow
+from ai_assets.inference.engine import AbortBatch, BatchProgress, BatchStats, assemble_outputs, run_batch
+from ai_assets.inference.items import CallResult, InferenceItem, OutputRow
 from ai_assets.inference.ledger import ResultLedger
 from ai_assets.inference.openai_call import make_openai_call
 from ai_assets.inference.rate_limit import RateLimiter
@@ -233,3 +234,83 @@ def test_duplicate_ids_and_bad_cap_are_rejected(server: FakeOpenAIServer, tmp_pa
     with pytest.raises(ValueError, match="max_in_flight"):
         run(server, [item("a")], tmp_path / "l.jsonl", max_in_flight=0)
     assert server.total_requests == 0
+
+
+def test_objects_older_than_the_batch_are_frozen_only_while_it_runs(tmp_path: Path) -> None:
+    # A full GC collection walks every object in the process on the event loop (120-220 ms with the
+    # SDK imported); frozen, the objects that predate the batch are skipped.
+    def batch(name: str) -> list[int]:
+        counts: list[int] = []
+
+        async def call(entry: InferenceItem) -> CallResult:
+            counts.append(gc.get_freeze_count())
+            await asyncio.sleep(0)
+            return CallResult(output="x", model="m", finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+
+        async def go() -> None:
+            with ResultLedger(tmp_path / f"{name}.jsonl") as ledger:
+                await run_batch([item(f"i{n}") for n in range(6)], call, ledger=ledger, max_in_flight=3, retry=FAST)
+
+        asyncio.run(go())
+        return counts
+
+    assert gc.get_freeze_count() == 0
+    during = batch("plain")
+    assert len(during) == 6 and min(during) > 0  # frozen for every request
+    assert gc.get_freeze_count() == 0  # and handed back afterwards
+
+    gc.freeze()  # a caller's own freeze (e.g. before a fork) is theirs: kept as it is
+    try:
+        frozen_by_caller = gc.get_freeze_count()
+        assert batch("caller_froze") == [frozen_by_caller] * 6
+        assert gc.get_freeze_count() == frozen_by_caller
+    finally:
+        gc.unfreeze()
+
+    gc.disable()  # a caller who turned the GC off gets no freeze either
+    try:
+        assert batch("gc_disabled") == [0] * 6
+    finally:
+        gc.enable()
+
+
+def test_the_first_requests_go_out_one_after_another(tmp_path: Path) -> None:
+    # A call that needs a few loop turns to get its request on the wire, as the SDK's does. Workers
+    # started all at once would all build their request before the first one is sent.
+    events: list[str] = []
+
+    async def call(entry: InferenceItem) -> CallResult:
+        events.append(f"build {entry.id}")
+        for _ in range(3):  # headers, body, flush: each a loop turn
+            await asyncio.sleep(0)
+        events.append(f"sent {entry.id}")
+        await asyncio.sleep(0.01)
+        return CallResult(output="x", model="m", finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+
+    async def go() -> BatchStats:
+        with ResultLedger(tmp_path / "l.jsonl") as ledger:
+            return await run_batch([item(f"i{n}") for n in range(16)], call, ledger=ledger, max_in_flight=8, retry=FAST)
+
+    stats = asyncio.run(go())
+    assert stats.succeeded == 16 and stats.max_in_flight_observed == 8
+    first_eight = [f"i{n}" for n in range(8)]
+    # Each of the first requests is on the wire at most 3 workers' builds later, not 8.
+    for n, item_id in enumerate(first_eight[:-3]):
+        assert events.index(f"sent {item_id}") < events.index(f"build {first_eight[n + 3]}"), events[:24]
+
+
+def test_no_more_workers_start_once_one_has_aborted_the_batch(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    async def call(entry: InferenceItem) -> CallResult:
+        calls.append(entry.id)
+        raise AbortBatch("the server behind this call died")
+
+    async def go() -> None:
+        with ResultLedger(tmp_path / "l.jsonl") as ledger:
+            await run_batch([item(f"i{n}") for n in range(20)], call, ledger=ledger, max_in_flight=8, retry=FAST)
+
+    with pytest.raises(AbortBatch, match="died"):
+        asyncio.run(go())
+    assert calls == ["i0"]  # not one request per worker still to be started
+    assert ResultLedger(tmp_path / "l.jsonl").load() == {}

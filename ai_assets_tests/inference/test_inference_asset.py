@@ -6,21 +6,13 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from ai_assets.inference.assets import inference_files, inference_outputs
 from ai_assets.inference.automation import inference_inbox_sensor
 from ai_assets.inference.storage import output_path, read_outputs
 from ai_assets.resources.llm import OpenAIResource
+from ai_assets_tests.inference.harness import error_text, materialize_partition
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
-
-
-@pytest.fixture
-def inbox(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "inbox"
-    folder.mkdir()
-    monkeypatch.setenv("AI_ASSETS_INFERENCE_INBOX", str(folder))
-    return folder
 
 
 def write_requests(path: Path, lines: list[dict | str]) -> None:
@@ -28,24 +20,8 @@ def write_requests(path: Path, lines: list[dict | str]) -> None:
 
 
 def materialize(key: str, server: FakeOpenAIServer, instance: dg.DagsterInstance, **llm_kw) -> dg.ExecuteInProcessResult:
-    if not instance.has_dynamic_partition(inference_files.name, key):
-        instance.add_dynamic_partitions(inference_files.name, [key])
-    return dg.materialize(
-        [inference_outputs],
-        partition_key=key,
-        instance=instance,
-        resources={"llm": OpenAIResource(base_url=server.base_url, api_key="sk-test-secret", **llm_kw)},
-        raise_on_error=False,
-    )
-
-
-def error_text(result: dg.ExecuteInProcessResult) -> str:
-    """The step's error with its causes, as the run log shows it."""
-    error, parts = result.failure_data_for_node("inference_outputs").error, []
-    while error is not None:
-        parts.append(error.message)
-        error = error.cause
-    return "\n".join(parts)
+    llm = OpenAIResource(base_url=server.base_url, api_key="sk-test-secret", **llm_kw)
+    return materialize_partition(instance, key, llm)
 
 
 def metadata(result: dg.ExecuteInProcessResult) -> dict:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+import re
 
 import httpx2
 import openai
 import pytest
 
-from ai_assets.inference.retry import Failure, MalformedResponseError, RetryPolicy, classify, parse_retry_after, redact
+from ai_assets.inference.retry import (
+    MIN_SECRET_FRAGMENT,
+    Failure,
+    MalformedResponseError,
+    RetryPolicy,
+    classify,
+    parse_retry_after,
+    redact,
+    secret_part,
+)
 
 REQUEST = httpx2.Request("POST", "https://api.example.test/v1/chat/completions")
 
@@ -163,3 +173,32 @@ def test_messages_never_carry_api_keys() -> None:
     assert redact('{"api_key": "abc123xyz"}') == '{"api_key": "***"}'
     long = classify(status_error(400, body={"error": {"message": "x" * 5000}}))
     assert len(long.message) <= 500
+
+
+@pytest.mark.parametrize(
+    ("key", "echoed"),
+    [
+        ("sk-Zq8hT3kP0wYb7uVn2LmR5sXc", "Zq8hT3kP0wYb7uVn2LmR5sXc"),  # without the sk- prefix
+        ("sk-proj-Zq8hT3kP0wYb7uVn2LmR5sXc", "Zq8hT3kP0wYb7uVn2LmR5sXc"),  # without sk-proj-
+        ("sk-proj-Zq8hT3kP0wYb7uVn2LmR5sXc", "proj-Zq8hT3kP0wYb7uVn2LmR5sXc"),  # without sk- only
+        ("sk-Zq8hT3kP0wYb7uVn2LmR5sXc", "T3kP0wYb7uVn"),  # a "key id" from the middle
+        ("Zq8hT3kP0wYb7uVn2LmR5sXc", "Zq8hT3kP0wYb"),  # a key with no known prefix, cut short
+    ],
+)
+def test_a_key_echoed_in_any_shape_is_redacted(key: str, echoed: str) -> None:
+    body = {"error": {"message": f"Incorrect API key provided: {echoed}. Check your key id {echoed}!"}}
+    failure = classify(status_error(401, body=body), secrets=[key])
+    secret = secret_part(key)
+    leaked = [secret[i : i + MIN_SECRET_FRAGMENT] for i in range(len(secret) - MIN_SECRET_FRAGMENT + 1)]
+    assert not [fragment for fragment in leaked if fragment in failure.message], failure.message
+    # Only the secret part goes: "proj-" (a public prefix) may stay, the sentence around it does.
+    assert re.search(r"Incorrect API key provided: (proj-)?\*\*\*\. Check your key id (proj-)?\*\*\*!", failure.message)
+
+
+def test_redaction_keeps_text_that_merely_shares_short_runs_with_the_key() -> None:
+    key = "sk-proj-Zq8hT3kP0wYb7uVn2LmR5sXc"
+    assert secret_part(key) == "Zq8hT3kP0wYb7uVn2LmR5sXc" and secret_part("plain-token") == "plain-token"
+    text = "model Zq8h not found; retry T3kP0w later"  # runs of 4 and 6 characters: not the key
+    assert redact(text, [key]) == text
+    assert redact("a" * 10_000 + "T3kP0wYb7uVn" + "b" * 10_000, [key]) == "a" * 10_000 + "***" + "b" * 10_000
+    assert redact("key: abc", ["abc"]) == "key: abc"  # under 4 characters: too short to be a secret

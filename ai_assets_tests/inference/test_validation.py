@@ -10,6 +10,7 @@ import pytest
 
 from ai_assets.inference.items import InferenceItem
 from ai_assets.inference.validation import (
+    MAX_WARNINGS_PER_KEY,
     InputProblem,
     InputValidationError,
     ValidatedInput,
@@ -101,6 +102,41 @@ def test_unknown_keys_are_ignored_not_passed_on(tmp_path: Path) -> None:
     kwargs = result.items[0].request_kwargs("default-model")
     assert kwargs == {"model": "default-model", "messages": [{"role": "user", "content": "p"}]}
     assert result.items[0].temperature is None
+
+
+def test_unknown_keys_warn_per_line_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {"id": "a", "prompt": "p", "temprature": 0.5},
+        {"id": "b", "prompt": "p"},
+        {"id": "c", "prompt": "p", "Model": "m", "max_token": 5, "source": "crm"},
+        {"id": "d", "prompt": "p", "temprature": 0.7},
+    )
+    result = validate_jsonl(path)
+    assert result.problems == [] and len(result.items) == 4  # a warning does not invalidate a line
+    assert [str(warning) for warning in result.warnings] == [
+        f"{path}:1: temprature: unknown field, ignored (did you mean 'temperature'?)",
+        f"{path}:3: Model: unknown field, ignored (did you mean 'model'?)",
+        f"{path}:3: max_token: unknown field, ignored (did you mean 'max_tokens'?)",
+        f"{path}:3: source: unknown field, ignored; known fields: id, max_tokens, messages, metadata, model, "
+        "prompt, response_format, temperature",
+        f"{path}:4: temprature: unknown field, ignored (did you mean 'temperature'?)",
+    ]
+
+
+def test_unknown_key_warnings_are_bounded_per_key(tmp_path: Path) -> None:
+    lines = [{"id": i, "prompt": "p", "exported_at": "2024"} for i in range(1000)]
+    lines[500]["bad\nkey"] = 1
+    result = validate_jsonl(write(tmp_path, *lines))
+    path = tmp_path / "in.jsonl"
+    listed = [w.location for w in result.warnings if w.field == "exported_at"]
+    assert listed == [f"{path}:{n}" for n in range(1, MAX_WARNINGS_PER_KEY + 1)] + [f"{path}:1000"]
+    assert result.warnings[-1].message == (
+        f"unknown field also on {1000 - MAX_WARNINGS_PER_KEY:,} more lines up to this one, ignored"
+    )
+    odd = [w for w in result.warnings if w.location == f"{path}:501"]
+    assert [w.field for w in odd] == ["'bad\\nkey'"]  # quoted: one warning stays one log line
+    assert result.ignored_keys == {"exported_at": 1, "bad\nkey": 501}
 
 
 def test_null_options_mean_not_given(tmp_path: Path) -> None:

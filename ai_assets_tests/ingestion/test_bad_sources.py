@@ -78,3 +78,46 @@ def test_unreadable_sources_are_reported_and_keep_their_points(
     assert "HTTP 404" in raw["problems_preview"] and raw["sources_unavailable"] == 2
     assert all(check_results(second).values()), check_results(second)
 
+
+
+def test_links_out_of_the_folder_and_oversized_files_are_reported_and_never_indexed(
+    tmp_path: Path, data_dir: Path, instance: dg.DagsterInstance, embedding_model: EmbeddingModelResource
+) -> None:
+    docs = tmp_path / "docs"
+    pages = write_markdown_corpus(docs, scifact_records(2, offset=310))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hostname.txt").write_text("ingest-host-7f3a secret machine name\n")
+    (docs / "hostname.txt").symlink_to(outside / "hostname.txt")
+    (docs / "etc").symlink_to(outside, target_is_directory=True)
+    (docs / "loop").symlink_to(".", target_is_directory=True)
+    limit = max(p.stat().st_size for p in pages) + 100
+    sources = f"docs={docs}"
+
+    first = ingest(sources, instance, embedding_model, max_file_bytes=limit)
+    assert first.success
+    raw = materialization(first, "raw_documents")
+    assert raw["documents"] == 2
+    preview = raw["problems_preview"]
+    log = warnings_of(instance, first)
+    for link in ("hostname.txt", "etc", "loop"):
+        assert str(docs / link) in preview and str(docs / link) in log
+    assert "AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS" in preview
+    assert points_of(data_dir, "docs/hostname.txt") == set()
+    kept = points_of(data_dir, f"docs/{pages[0].name}")
+    assert kept
+
+    # The page grows past the limit: reported with its size and the setting, its points stay.
+    pages[0].write_text(pages[0].read_text() + "\n\nMore text. " * (limit // 10))
+    size = pages[0].stat().st_size
+    second = ingest(sources, instance, embedding_model, max_file_bytes=limit)
+    assert second.success
+    raw = materialization(second, "raw_documents")
+    assert raw["documents"] == 1
+    message = f"too large: {size} bytes, over the {limit}-byte limit for one document"
+    assert message in raw["problems_preview"] and "LOCAL_MAX_FILE_BYTES" in raw["problems_preview"]
+    assert f"{pages[0]}: {message}" in warnings_of(instance, second)
+    emb = materialization(second, "document_embeddings")
+    assert emb["points_preserved"] == len(kept) and emb["chunks_deleted"] == 0
+    assert points_of(data_dir, f"docs/{pages[0].name}") == kept
+    assert all(check_results(second).values()), check_results(second)

@@ -6,7 +6,6 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 import pytest
 from qdrant_client import models
 

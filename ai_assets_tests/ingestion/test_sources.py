@@ -685,8 +685,10 @@ def test_url_404_is_unavailable_and_not_cached(server: _Server, tmp_path: Path) 
 
 
 def test_url_timeout(server: _Server, tmp_path: Path) -> None:
-    problem = _only_problem(_read(_url_spec(server.url("/slow")), tmp_path, HttpSettings(timeout_s=0.2)))
-    assert problem.message == "timed out after 0.2 s"
+    url = server.url("/slow")
+    problem = _only_problem(_read(_url_spec(url), tmp_path, HttpSettings(timeout_s=0.2)))
+    assert problem.message.startswith(f"timed out after 0.2 s fetching {url}; ")
+    assert "HTTP_TIMEOUT_S" in problem.message
     assert problem.source_unavailable
 
 

@@ -1,0 +1,375 @@
+"""Every documented setting, set to a valid value (the code location loads and the value reaches its
+resource or config) and to an invalid one (a clear error naming the variable and the value).
+
+The per-variable cases run in-process against `ai_assets.settings`; the code location itself is loaded
+in a few subprocesses, each with many variables set at once, since one load costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ai_assets import settings
+from ai_assets.resources.qdrant import QdrantResource
+from ai_assets_tests.corpora import REPO_ROOT
+
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+SECRETS = {"QDRANT_API_KEY", "OPENAI_API_KEY", "RAGAS_JUDGE_API_KEY"}
+# Variables the README names that are not settings of this code location.
+NOT_SETTINGS = {"RAGAS_DO_NOT_TRACK", "DAGSTER_HOME", "DAGSTER_POSTGRES_URL"}
+PREFIXES = ("AI_ASSETS_", "HTTP_", "LOCAL_", "QDRANT_", "EMBEDDING_", "CHUNK_", "OPENAI_", "INFERENCE_", "RAG")
+
+
+def valid_values(tmp: Path) -> dict[str, tuple[str, object]]:
+    """Per variable: a valid value, and what the code location must then hold (JSON-comparable)."""
+    (tmp / "docs").mkdir(exist_ok=True)
+    (tmp / "model").mkdir(exist_ok=True)
+    (tmp / "eval.jsonl").write_text('{"id": "q1", "question": "?", "relevant_doc_ids": ["d"]}\n')
+    return {
+        "AI_ASSETS_DATA_DIR": (str(tmp / "data"), str((tmp / "data").resolve())),
+        "AI_ASSETS_SOURCES": (f"docs={tmp / 'docs'}", f"docs={tmp / 'docs'}"),
+        "HTTP_TIMEOUT_S": ("2.5", 2.5),
+        "HTTP_MAX_BYTES": ("12345", 12345),
+        "LOCAL_MAX_FILE_BYTES": ("4096", 4096),
+        "AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS": ("yes", True),
+        "QDRANT_URL": ("http://127.0.0.1:6333", "http://127.0.0.1:6333"),
+        "QDRANT_API_KEY": ("qk-test-key", "qk-test-key"),
+        "QDRANT_PATH": (str(tmp / "qdrant"), str(tmp / "qdrant")),
+        "QDRANT_ALIAS": ("kb-test", "kb-test"),
+        "EMBEDDING_MODEL": (str(tmp / "model"), str(tmp / "model")),
+        "EMBEDDING_DEVICE": ("cuda:1", "cuda:1"),
+        "EMBEDDING_BATCH_SIZE": ("8", 8),
+        "EMBEDDING_THREADS": ("2", 2),
+        "CHUNK_SIZE": ("128", 128),
+        "CHUNK_OVERLAP": ("16", 16),
+        "AI_ASSETS_TIMEZONE": ("Europe/Paris", "Europe/Paris"),
+        "OPENAI_BASE_URL": ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
+        "OPENAI_API_KEY": ("sk-test-key", "sk-test-key"),
+        "OPENAI_ORG_ID": ("org-1", "org-1"),
+        "OPENAI_PROJECT_ID": ("proj-1", "proj-1"),
+        "OPENAI_MODEL": ("gpt-test", "gpt-test"),
+        "OPENAI_TIMEOUT_S": ("7.5", 7.5),
+        "OPENAI_MAX_IN_FLIGHT": ("3", 3),
+        "OPENAI_MAX_ATTEMPTS": ("2", 2),
+        "OPENAI_REQUESTS_PER_MINUTE": ("90.5", 90.5),
+        "OPENAI_TOKENS_PER_MINUTE": ("12000", 12000.0),
+        "INFERENCE_MAX_PROMPT_CHARS": ("5000", 5000),
+        "INFERENCE_MAX_ERROR_RATE": ("0.2", 0.2),
+        "AI_ASSETS_INFERENCE_INBOX": (str(tmp / "inbox"), str((tmp / "inbox").resolve())),
+        "RAG_EVAL_SET": (str(tmp / "eval.jsonl"), str(tmp / "eval.jsonl")),
+        "RAG_EVAL_DOC_ID_PREFIX": ("scifact#", "scifact#"),
+        "RAG_EVAL_SYNTHESIZE": ("3", 3),
+        "RAG_EVAL_MAX_ANSWERED": ("5", 5),
+        "RAG_THRESHOLDS": ('{"ndcg_at_10": 0.6}', {"ndcg_at_10": 0.6}),
+        "RAG_REGRESSION_TOLERANCE": ("0.05", 0.05),
+        "RAGAS_JUDGE_BASE_URL": ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
+        "RAGAS_JUDGE_MODEL": ("judge-model", "judge-model"),
+        "RAGAS_JUDGE_API_KEY": ("jk-test-key", "jk-test-key"),
+    }
+
+
+def invalid_values(tmp: Path) -> dict[str, str]:
+    """Per variable: a value a user could plausibly set by mistake, which must be refused."""
+    a_file = tmp / "a_file.txt"
+    a_file.write_text("not a folder")
+    return {
+        "AI_ASSETS_DATA_DIR": str(a_file),
+        "AI_ASSETS_SOURCES": "ftp://example.org/docs",
+        "HTTP_TIMEOUT_S": "ten",
+        "HTTP_MAX_BYTES": "5MB",
+        "LOCAL_MAX_FILE_BYTES": "0",
+        "AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS": "maybe",
+        "QDRANT_URL": "qdrant:6333",
+        "QDRANT_API_KEY": "qk with space",
+        "QDRANT_PATH": str(a_file),
+        "QDRANT_ALIAS": "knowledge base",
+        "EMBEDDING_MODEL": "model\x01name",
+        "EMBEDDING_DEVICE": "gpu",
+        "EMBEDDING_BATCH_SIZE": "0",
+        "EMBEDDING_THREADS": "-2",
+        "CHUNK_SIZE": "abc",
+        "CHUNK_OVERLAP": "-1",
+        "AI_ASSETS_TIMEZONE": "Mars/Olympus_Mons",
+        "OPENAI_BASE_URL": "localhost:11434/v1",
+        "OPENAI_API_KEY": "sk-pasted-with-newline\n",
+        "OPENAI_ORG_ID": "org 1",
+        "OPENAI_PROJECT_ID": "proj\t1",
+        "OPENAI_MODEL": "gpt 4o",
+        "OPENAI_TIMEOUT_S": "2m",
+        "OPENAI_MAX_IN_FLIGHT": "0",
+        "OPENAI_MAX_ATTEMPTS": "three",
+        "OPENAI_REQUESTS_PER_MINUTE": "-5",
+        "OPENAI_TOKENS_PER_MINUTE": "inf",
+        "INFERENCE_MAX_PROMPT_CHARS": "1e5",
+        "INFERENCE_MAX_ERROR_RATE": "5%",
+        "AI_ASSETS_INFERENCE_INBOX": str(a_file),
+        "RAG_EVAL_SET": str(tmp / "eval\x01.jsonl"),
+        "RAG_EVAL_DOC_ID_PREFIX": "a\x01b",
+        "RAG_EVAL_SYNTHESIZE": "-1",
+        "RAG_EVAL_MAX_ANSWERED": "all",
+        "RAG_THRESHOLDS": "{not json",
+        "RAG_REGRESSION_TOLERANCE": "-0.1",
+        "RAGAS_JUDGE_BASE_URL": "judge.local",
+        "RAGAS_JUDGE_MODEL": "my judge",
+        "RAGAS_JUDGE_API_KEY": " jk-leading-space",
+    }
+
+
+def shown(name: str, raw: str) -> str:
+    """How an error must show the variable and its value (a secret only by its length)."""
+    return f"{name}=(hidden, {len(raw)} characters)" if name in SECRETS else f"{name}={raw!r}"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in settings.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def subprocess_env(values: dict[str, str], tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in settings.SETTINGS}
+    home = tmp / "dagster_home"
+    home.mkdir(exist_ok=True)
+    return {**env, "DAGSTER_HOME": str(home), "AI_ASSETS_DATA_DIR": str(tmp / "data"), **values}
+
+
+# --- the registry is complete --------------------------------------------------------------------
+
+
+def test_every_documented_variable_is_a_setting_with_both_cases(tmp_path: Path) -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    documented = {
+        name for name in re.findall(r"\b([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)\b", readme) if name.startswith(PREFIXES)
+    } - NOT_SETTINGS
+    assert documented - set(settings.SETTINGS) == set(), "documented but not a setting"
+    read_in_code = set()
+    for path in (REPO_ROOT / "ai_assets").rglob("*.py"):
+        read_in_code |= set(re.findall(r"""os\.(?:environ\.get|getenv)\(\s*["']([A-Z0-9_]+)""", path.read_text()))
+        read_in_code |= set(re.findall(r"""settings\.value\(\s*["']([A-Z0-9_]+)""", path.read_text()))
+    assert read_in_code - set(settings.SETTINGS) - NOT_SETTINGS == set(), "read in the code but not a setting"
+    assert set(valid_values(tmp_path)) == set(settings.SETTINGS) == set(invalid_values(tmp_path))
+
+
+# --- each variable, in-process ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(settings.SETTINGS))
+def test_valid_value_is_parsed(name: str, tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    raw, expected = valid_values(tmp_path)[name]
+    clean_env.setenv(name, raw)
+    value = settings.value(name)
+    assert (str(value) if isinstance(value, Path) else value) == expected
+
+
+@pytest.mark.parametrize("name", sorted(settings.SETTINGS))
+def test_invalid_value_names_the_variable_and_the_value(
+    name: str, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    raw = invalid_values(tmp_path)[name]
+    clean_env.setenv(name, raw)
+    with pytest.raises(settings.SettingError) as caught:
+        settings.value(name)
+    message = str(caught.value)
+    assert shown(name, raw) in message
+    assert "expected" in message and "unset it for the default" in message
+    if name in SECRETS:
+        assert raw.strip() not in message  # a secret never reaches a log or the UI
+
+
+@pytest.mark.parametrize("name", sorted(settings.SETTINGS))
+def test_unset_and_empty_mean_the_default(name: str, clean_env: pytest.MonkeyPatch) -> None:
+    assert settings.value(name) == settings.SETTINGS[name].default
+    clean_env.setenv(name, "")
+    assert settings.value(name) == settings.SETTINGS[name].default
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("HTTP_TIMEOUT_S", "0"),
+        ("HTTP_TIMEOUT_S", "-1"),
+        ("HTTP_TIMEOUT_S", "nan"),
+        ("OPENAI_TIMEOUT_S", "inf"),
+        ("INFERENCE_MAX_ERROR_RATE", "1.5"),
+        ("CHUNK_SIZE", "12.5"),
+        ("QDRANT_URL", "http://qdrant:99999"),
+        ("QDRANT_URL", "http://"),
+        ("RAG_THRESHOLDS", '{"ndcg_at_10": "high"}'),
+        ("RAG_THRESHOLDS", "[0.5]"),
+        ("AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS", "2"),
+    ],
+)
+def test_edge_values_are_refused(name: str, raw: str, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv(name, raw)
+    with pytest.raises(settings.SettingError, match=re.escape(shown(name, raw))):
+        settings.value(name)
+
+
+def test_overlap_must_stay_below_the_chunk_size(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("CHUNK_SIZE", "64")
+    clean_env.setenv("CHUNK_OVERLAP", "64")
+    with pytest.raises(settings.SettingError, match=r"CHUNK_OVERLAP='64': not below CHUNK_SIZE \(64\)"):
+        settings.value("CHUNK_SIZE")
+    clean_env.setenv("CHUNK_OVERLAP", "63")
+    assert (settings.value("CHUNK_SIZE"), settings.value("CHUNK_OVERLAP")) == (64, 63)
+
+
+def test_every_invalid_setting_is_reported_at_once(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    bad = invalid_values(tmp_path)
+    for name, raw in bad.items():
+        clean_env.setenv(name, raw)
+    with pytest.raises(settings.SettingError) as caught:
+        settings.value("QDRANT_ALIAS")
+    assert len(caught.value.problems) == len(bad)
+    for name, raw in bad.items():
+        assert shown(name, raw) in str(caught.value)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("On", True), ("no", False), ("FALSE", False)])
+def test_booleans(raw: str, expected: bool, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS", raw)
+    assert settings.value("AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS") is expected
+
+
+def test_a_changed_environment_is_read_again(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("EMBEDDING_BATCH_SIZE", "8")
+    assert settings.value("EMBEDDING_BATCH_SIZE") == 8
+    clean_env.setenv("EMBEDDING_BATCH_SIZE", "16")
+    assert settings.value("EMBEDDING_BATCH_SIZE") == 16
+
+
+def test_qdrant_resource_from_settings_reads_string_settings_at_run_time(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from ai_assets.resources import setting_field
+
+    clean_env.setenv("QDRANT_ALIAS", "first")
+    resource = QdrantResource(alias=setting_field("QDRANT_ALIAS"))
+    # A run resolves EnvVar fields in its own process, from its own environment.
+    clean_env.setenv("QDRANT_ALIAS", "second")
+    with resource.process_config_and_initialize_cm() as resolved:
+        assert resolved.alias == "second"
+
+
+# --- the code location, in subprocesses ------------------------------------------------------------
+
+PROBE = """
+import contextlib, json
+from ai_assets.definitions import defs
+from ai_assets.evaluation import checks as eval_checks, gates
+from ai_assets.evaluation.assets import EvalSetConfig, QualityConfig
+from ai_assets.inference import checks as inference_checks
+from ai_assets.inference.assets import InferenceConfig
+from ai_assets.inference.storage import inbox_dir
+from ai_assets.ingestion.assets import ChunkingConfig
+from ai_assets import settings, storage
+
+stack = contextlib.ExitStack()
+r = {name: stack.enter_context(defs.resources[name].process_config_and_initialize_cm()) for name in
+     ("qdrant", "embedding_model", "document_sources", "llm")}
+q, e, s, llm = r["qdrant"], r["embedding_model"], r["document_sources"], r["llm"]
+chunking, eval_set, quality = ChunkingConfig(), EvalSetConfig(), QualityConfig()
+zones = {defs.get_schedule_def(n).execution_timezone for n in ("nightly_rag_refresh", "daily_rag_evaluation")}
+assert len(zones) == 1, zones
+seen = {
+    "AI_ASSETS_DATA_DIR": str(storage.data_dir()),
+    "AI_ASSETS_SOURCES": s.sources,
+    "HTTP_TIMEOUT_S": s.http_timeout_s,
+    "HTTP_MAX_BYTES": s.http_max_bytes,
+    "LOCAL_MAX_FILE_BYTES": s.max_file_bytes,
+    "AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS": s.follow_external_symlinks,
+    "QDRANT_URL": q.url, "QDRANT_API_KEY": q.api_key, "QDRANT_PATH": q.path, "QDRANT_ALIAS": q.alias,
+    "EMBEDDING_MODEL": e.model, "EMBEDDING_DEVICE": e.device,
+    "EMBEDDING_BATCH_SIZE": e.batch_size, "EMBEDDING_THREADS": e.threads,
+    "CHUNK_SIZE": chunking.chunk_size, "CHUNK_OVERLAP": chunking.chunk_overlap,
+    "AI_ASSETS_TIMEZONE": zones.pop(),
+    "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": llm.api_key, "OPENAI_ORG_ID": llm.organization,
+    "OPENAI_PROJECT_ID": llm.project, "OPENAI_MODEL": llm.model, "OPENAI_TIMEOUT_S": llm.timeout_s,
+    "OPENAI_MAX_IN_FLIGHT": llm.max_in_flight, "OPENAI_MAX_ATTEMPTS": llm.max_attempts,
+    "OPENAI_REQUESTS_PER_MINUTE": llm.requests_per_minute, "OPENAI_TOKENS_PER_MINUTE": llm.tokens_per_minute,
+    "INFERENCE_MAX_PROMPT_CHARS": InferenceConfig().max_prompt_chars,
+    "INFERENCE_MAX_ERROR_RATE": inference_checks.MAX_ERROR_RATE,
+    "AI_ASSETS_INFERENCE_INBOX": str(inbox_dir()),
+    "RAG_EVAL_SET": eval_set.location, "RAG_EVAL_DOC_ID_PREFIX": eval_set.beir_doc_id_prefix,
+    "RAG_EVAL_SYNTHESIZE": eval_set.synthesize_questions,
+    "RAG_EVAL_MAX_ANSWERED": quality.max_answered_questions,
+    "RAG_THRESHOLDS": gates.configured_thresholds(),
+    "RAG_REGRESSION_TOLERANCE": eval_checks.REGRESSION_TOLERANCE,
+    "RAGAS_JUDGE_BASE_URL": quality.judge_base_url, "RAGAS_JUDGE_MODEL": quality.judge_model,
+    "RAGAS_JUDGE_API_KEY": settings.value("RAGAS_JUDGE_API_KEY"),
+}
+print("SEEN " + json.dumps(seen))
+"""
+
+
+def test_every_valid_setting_loads_and_reaches_its_resource_or_config(tmp_path: Path) -> None:
+    cases = valid_values(tmp_path)
+    env = subprocess_env({name: raw for name, (raw, _) in cases.items()}, tmp_path)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert probe.returncode == 0, probe.stderr[-4000:]
+    seen = json.loads(next(line for line in probe.stdout.splitlines() if line.startswith("SEEN "))[5:])
+    assert seen == {name: expected for name, (_, expected) in cases.items()}
+
+    # The float settings once broke `dagster definitions validate` (EnvVar has no `float`).
+    validate = subprocess.run(
+        [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert validate.returncode == 0, (validate.stdout + validate.stderr)[-4000:]
+
+
+def test_every_invalid_setting_stops_the_load_naming_each(tmp_path: Path) -> None:
+    bad = invalid_values(tmp_path)
+    env = subprocess_env(bad, tmp_path)
+    result = subprocess.run(
+        [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for name, raw in bad.items():
+        assert shown(name, raw) in output, f"{name} not named in:\n{output[-4000:]}"
+    for secret in SECRETS:
+        assert bad[secret].strip() not in output
+
+
+def test_one_bad_integer_is_one_line_naming_it_not_a_python_traceback_line(tmp_path: Path) -> None:
+    env = subprocess_env({"CHUNK_SIZE": "abc"}, tmp_path)
+    result = subprocess.run(
+        [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "invalid literal for int()" not in output
+    lines = [line for line in output.splitlines() if "CHUNK_SIZE='abc'" in line]
+    assert lines and "not a whole number" in lines[-1] and "expected" in lines[-1], output[-4000:]
+
+
+# --- settings only a run can check -----------------------------------------------------------------
+
+
+def test_an_embedding_model_that_is_not_there_is_named(tmp_path: Path) -> None:
+    from ai_assets.resources.embeddings import EmbeddingModelResource
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ValueError, match=re.escape(f"EMBEDDING_MODEL={missing!r} is neither a local folder")):
+        EmbeddingModelResource(model=missing).model_path  # noqa: B018 - resolving it is the check
+
+
+def test_a_device_this_machine_lacks_is_named() -> None:
+    from ai_assets.resources.embeddings import check_device
+
+    check_device("cpu")
+    with pytest.raises(ValueError, match=r"EMBEDDING_DEVICE='cuda:999': torch .* cannot use this device"):
+        check_device("cuda:999")
