@@ -1,17 +1,20 @@
-"""The map of the code location: each domain's definitions, the shared resources, the executor."""
+"""The map of the code location: the domains autoloaded from `ai_assets/defs/`, the shared resources,
+the executor.
+
+Each folder of `defs/` is one domain's wiring (assets, checks, jobs, schedules, sensors); the code they
+call lives in `lib/`, and every resource in `resources/`. A new domain is a new folder: nothing here
+changes.
+"""
+
+from pathlib import Path
 
 import dagster as dg
 
-import ai_assets.evaluation.definitions as evaluation
-import ai_assets.inference.definitions as inference
-import ai_assets.ingestion.definitions as ingestion
 from ai_assets.resources import build_resources
 from ai_assets.run_recovery.executor import multiprocess_executor
 
 defs = dg.Definitions.merge(
-    ingestion.defs,
-    inference.defs,
-    evaluation.defs,
+    dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
     dg.Definitions(
         resources=build_resources(),
         # Steps of other jobs run in parallel processes; two at a time on a 2-core machine, because

@@ -1,4 +1,4 @@
-from ai_assets.progress import Progress
+from ai_assets.lib.progress import Progress
 
 
 class FakeClock:

@@ -1,7 +1,7 @@
 """Every documented setting, set to a valid value (the code location loads and the value reaches its
 resource or config) and to an invalid one (a clear error naming the variable and the value).
 
-The per-variable cases run in-process against `ai_assets.settings`; the code location itself is loaded
+The per-variable cases run in-process against `ai_assets.lib.settings`; the code location itself is loaded
 in a few subprocesses, each with many variables set at once, since one load costs seconds.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets import settings
+from ai_assets.lib import settings
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets_tests.corpora import REPO_ROOT
 
@@ -264,13 +264,14 @@ def test_qdrant_resource_from_settings_reads_string_settings_at_run_time(
 PROBE = """
 import contextlib, json
 from ai_assets.definitions import defs
-from ai_assets.evaluation import checks as eval_checks, gates
-from ai_assets.evaluation.assets import EvalSetConfig, QualityConfig
-from ai_assets.inference import checks as inference_checks
-from ai_assets.inference.assets import InferenceConfig
-from ai_assets.inference.storage import inbox_dir
-from ai_assets.ingestion.assets import ChunkingConfig
-from ai_assets import settings, storage
+from ai_assets.defs.evaluation import checks as eval_checks
+from ai_assets.lib.evaluation import gates
+from ai_assets.defs.evaluation.assets import EvalSetConfig, QualityConfig
+from ai_assets.defs.inference import checks as inference_checks
+from ai_assets.defs.inference.assets import InferenceConfig
+from ai_assets.lib.inference.files import inbox_dir
+from ai_assets.defs.ingestion.assets import ChunkingConfig
+from ai_assets.lib import settings, tables as storage
 
 stack = contextlib.ExitStack()
 r = {name: stack.enter_context(defs.resources[name].process_config_and_initialize_cm()) for name in

@@ -7,7 +7,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from ai_assets.storage import ParquetTable, ParquetTableIOManager, TableWriter, latest_table, staging_path
+from ai_assets.lib.tables import ParquetTable, ParquetTableIOManager, TableWriter, latest_table, staging_path
 
 SCHEMA = pa.schema([("n", pa.int64()), ("text", pa.string())])
 
@@ -64,7 +64,7 @@ def test_tables_stream_between_assets_and_old_versions_are_pruned(
 def test_data_dir_follows_dagster_home_whatever_the_current_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ai_assets.storage import data_dir
+    from ai_assets.lib.tables import data_dir
 
     home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -41,22 +41,22 @@ def run(args: argparse.Namespace) -> None:
     import dagster as dg
     from qdrant_client import QdrantClient
 
-    import ai_assets.evaluation.definitions as evaluation
-    import ai_assets.ingestion.definitions as ingestion
-    from ai_assets.evaluation.eval_set import load_eval_set
-    from ai_assets.evaluation.retrieval import search_documents
+    from ai_assets_tests.domains import domain_defs
+    from ai_assets.lib.evaluation.eval_set import load_eval_set
+    from ai_assets.lib.evaluation.retrieval import search_documents
     from ai_assets.resources.embeddings import EmbeddingModelResource
     from ai_assets.resources.llm import OpenAIResource
     from ai_assets.resources.qdrant import QdrantResource
     from ai_assets.resources.sources import DocumentSourcesResource
-    from ai_assets.storage import ParquetTableIOManager, data_dir
+    from ai_assets.lib.tables import ParquetTableIOManager, data_dir
 
+    ingestion, evaluation = domain_defs("ingestion"), domain_defs("evaluation")
     model = EmbeddingModelResource()
     model.encode(["warm up"])
     defs = dg.Definitions(
-        assets=[*ingestion.defs.assets, *evaluation.defs.assets],
-        asset_checks=[*ingestion.defs.asset_checks],
-        jobs=ingestion.defs.jobs,
+        assets=[*ingestion.assets, *evaluation.assets],
+        asset_checks=[*ingestion.asset_checks],
+        jobs=ingestion.jobs,
         resources={
             "qdrant": QdrantResource(),
             "embedding_model": model,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
     emit("scifact_ingest_s", round(time.perf_counter() - started, 1))
 
     evaluate = dg.materialize(
-        [a for a in evaluation.defs.assets],
+        [a for a in evaluation.assets],
         instance=instance,
         resources=defs.resources,
         run_config={

@@ -51,7 +51,7 @@ def emit(key: str, value: object) -> None:
 
 
 def make_items(n: int, prefix: str) -> list:
-    from ai_assets.inference.items import InferenceItem
+    from ai_assets.lib.llm.items import InferenceItem
 
     return [
         InferenceItem(
@@ -199,9 +199,9 @@ def server_latencies(items: list, seed: int) -> list[float]:
 
 
 async def run_ours(items, call, cap: int, work: Path, name: str):
-    from ai_assets.inference.engine import run_batch
-    from ai_assets.inference.ledger import ResultLedger
-    from ai_assets.inference.retry import RetryPolicy
+    from ai_assets.lib.llm.engine import run_batch
+    from ai_assets.lib.llm.ledger import ResultLedger
+    from ai_assets.lib.llm.retry import RetryPolicy
 
     with ResultLedger(work / f"{name}.jsonl") as ledger:
         started = time.perf_counter()
@@ -250,9 +250,9 @@ async def raw_client(host: str, port: int, items, cap: int) -> float:
 
 
 async def bench(args: argparse.Namespace, work: Path) -> None:
-    from ai_assets.inference.items import CallResult
-    from ai_assets.inference.openai_call import make_openai_call, warm_up_connections
-    from ai_assets.inference.report import percentile
+    from ai_assets.lib.llm.items import CallResult
+    from ai_assets.lib.llm.openai_call import make_openai_call, warm_up_connections
+    from ai_assets.lib.llm.report import percentile
 
     Server = InProcessServer if args.in_process else ServerProcess
     n, cap = args.items, args.cap

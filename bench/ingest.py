@@ -61,7 +61,7 @@ def chunking_document(n_bytes: int) -> str:
 
 def chunking(repeats: int = 3) -> None:
     """Seconds to chunk one document of 1, 4 and 8 MB, each size timed in turn ``repeats`` times."""
-    from ai_assets.ingestion.chunking import ChunkingSettings, chunk_text
+    from ai_assets.lib.ingestion.chunking import ChunkingSettings, chunk_text
     from ai_assets.resources.embeddings import EmbeddingModelResource
 
     tokenizer = EmbeddingModelResource().tokenizer()
@@ -86,15 +86,17 @@ def chunking(repeats: int = 3) -> None:
 def job_runner(sources: str, model, chunk_size: int = 200, chunk_overlap: int = 32):
     import dagster as dg
 
-    import ai_assets.ingestion.definitions as ingestion
+    from ai_assets_tests.domains import domain_defs
+
+    ingestion = domain_defs("ingestion")
     from ai_assets.resources.qdrant import QdrantResource
     from ai_assets.resources.sources import DocumentSourcesResource
-    from ai_assets.storage import ParquetTableIOManager
+    from ai_assets.lib.tables import ParquetTableIOManager
 
     defs = dg.Definitions(
-        assets=ingestion.defs.assets,
-        asset_checks=ingestion.defs.asset_checks,
-        jobs=ingestion.defs.jobs,
+        assets=ingestion.assets,
+        asset_checks=ingestion.asset_checks,
+        jobs=ingestion.jobs,
         resources={
             "qdrant": QdrantResource(),
             "embedding_model": model,
@@ -127,15 +129,15 @@ def job_runner(sources: str, model, chunk_size: int = 200, chunk_overlap: int = 
 def chunk_table():
     import dagster as dg
 
-    from ai_assets.storage import latest_table
+    from ai_assets.lib.tables import latest_table
 
     return latest_table(dg.AssetKey("document_chunks"))
 
 
 def incremental(args: argparse.Namespace, work: Path) -> None:
-    from ai_assets.ingestion.audit import audit_collection, expected_chunk_ids
-    from ai_assets.ingestion.chunking import ChunkingSettings, chunk_texts
-    from ai_assets.ingestion.sources import Document, HttpSettings, parse_source_specs, read_source
+    from ai_assets.lib.ingestion.audit import audit_collection, expected_chunk_ids
+    from ai_assets.lib.ingestion.chunking import ChunkingSettings, chunk_texts
+    from ai_assets.lib.ingestion.sources import Document, HttpSettings, parse_source_specs, read_source
     from ai_assets.resources.embeddings import EmbeddingModelResource
 
     chunking()
@@ -190,7 +192,7 @@ def incremental(args: argparse.Namespace, work: Path) -> None:
     expected = expected_chunk_ids(specs, model.tokenizer(), settings, work / "c")
     from qdrant_client import QdrantClient
 
-    from ai_assets.storage import data_dir
+    from ai_assets.lib.tables import data_dir
 
     client = QdrantClient(path=str(data_dir() / "qdrant"))
     report = audit_collection(client, "knowledge-base", expected)
@@ -204,9 +206,9 @@ def incremental(args: argparse.Namespace, work: Path) -> None:
 def scifact(args: argparse.Namespace) -> None:
     from qdrant_client import QdrantClient, models
 
-    from ai_assets.evaluation.retrieval import search_documents
+    from ai_assets.lib.evaluation.retrieval import search_documents
     from ai_assets.resources.embeddings import EmbeddingModelResource
-    from ai_assets.storage import data_dir
+    from ai_assets.lib.tables import data_dir
 
     model = EmbeddingModelResource()
     model._load().encode(["warm up"])
@@ -246,7 +248,7 @@ def scifact(args: argparse.Namespace) -> None:
 
 
 def score(ranked, ids, qrels) -> tuple[float, float]:
-    from ai_assets.evaluation.metrics import mean, ndcg_at_k, recall_at_k
+    from ai_assets.lib.evaluation.metrics import mean, ndcg_at_k, recall_at_k
 
     ndcg, recall = [], []
     for qid, docs in zip(ids, ranked, strict=True):

@@ -1,6 +1,6 @@
 """Every resource of the code location, configured from the environment with embedded defaults.
 
-Each setting is declared once in `ai_assets.settings` (variable, default, valid values). Every set
+Each setting is declared once in `ai_assets.lib.settings` (variable, default, valid values). Every set
 variable is validated here, when the code location loads, so a bad value stops the load with a message
 naming the variable and its value instead of failing a run later. String and integer settings are then
 passed as `dg.EnvVar` / `dg.EnvVar.int`, read again when a run starts (secrets never appear in the UI);
@@ -15,12 +15,12 @@ from typing import Any
 
 import dagster as dg
 
-from ai_assets import settings
+from ai_assets.lib import settings
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.storage import ParquetTableIOManager
+from ai_assets.lib.tables import ParquetTableIOManager
 
 
 def setting_field(name: str) -> Any:

@@ -114,7 +114,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     def tokenizer(self) -> tokenizers.Tokenizer:
         """The model's own fast tokenizer, used for token-exact chunking."""
-        from ai_assets.ingestion.chunking import load_tokenizer
+        from ai_assets.lib.ingestion.chunking import load_tokenizer
 
         tokenizer_json = self.model_path / "tokenizer.json"
         if not tokenizer_json.exists():

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from ai_assets.inference.engine import AbortBatch
+from ai_assets.lib.llm.engine import AbortBatch
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
 # The version pyproject.toml pins; only used in the reinstall command when no version is installed.

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ai_assets.storage import data_dir
+from ai_assets.lib.tables import data_dir
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.ingestion.sources import HttpSettings, LocalSettings, SourceSpec, parse_source_specs
+from ai_assets.lib.ingestion.sources import HttpSettings, LocalSettings, SourceSpec, parse_source_specs
 
 
 def sample_corpus_path() -> Path:
     """The Markdown pages shipped with the project, ingested when no source is configured."""
-    return Path(__file__).resolve().parents[1] / "ingestion" / "sample_corpus"
+    return Path(__file__).resolve().parents[1] / "data" / "sample_corpus"
 
 
 class DocumentSourcesResource(dg.ConfigurableResource):

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from ai_assets.evaluation.answering import SYSTEM_PROMPT, answer_questions, build_prompt
-from ai_assets.inference.retry import RetryPolicy
+from ai_assets.lib.llm.answering import SYSTEM_PROMPT, answer_questions, build_prompt
+from ai_assets.lib.llm.retry import RetryPolicy
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 
 API_KEY = "sk-test-AnswerSecret0123456789"

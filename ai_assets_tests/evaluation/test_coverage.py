@@ -6,8 +6,8 @@ from pathlib import Path
 
 from qdrant_client import QdrantClient, models
 
-from ai_assets.evaluation.coverage import closest_indexed, describe, indexed_doc_ids, unindexed_judgements
-from ai_assets.evaluation.eval_set import EvalQuestion
+from ai_assets.lib.evaluation.coverage import closest_indexed, describe, indexed_doc_ids, unindexed_judgements
+from ai_assets.lib.evaluation.eval_set import EvalQuestion
 
 
 def question(qid: str, *docs: str, grades: dict[str, float] | None = None) -> EvalQuestion:

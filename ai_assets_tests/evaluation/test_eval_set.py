@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets.evaluation.eval_set import (
+from ai_assets.lib.evaluation.eval_set import (
     SAMPLE_GOLDEN_SET,
     EvalQuestion,
     EvalSetError,
@@ -17,7 +17,7 @@ from ai_assets.evaluation.eval_set import (
     load_eval_set,
     load_golden_jsonl,
 )
-from ai_assets.ingestion.sources import Document, HttpSettings, SourceSpec, read_source
+from ai_assets.lib.ingestion.sources import Document, HttpSettings, SourceSpec, read_source
 from ai_assets_tests.corpora import REPO_ROOT, SCIFACT
 
 SAMPLE_CORPUS = REPO_ROOT / "ai_assets" / "ingestion" / "sample_corpus"

@@ -9,12 +9,13 @@ import dagster as dg
 import pytest
 from qdrant_client import models
 
-import ai_assets.evaluation.definitions as evaluation
+from ai_assets.lib.evaluation.eval_set import GOLDEN_SETS_DIR
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource, sample_corpus_path
-from ai_assets.storage import ParquetTableIOManager
+from ai_assets.lib.tables import ParquetTableIOManager
+from ai_assets_tests.domains import domain_defs
 from ai_assets_tests.ingestion.harness import ingest, qdrant_client
 
 pytestmark = pytest.mark.slow
@@ -22,11 +23,10 @@ SAMPLE = f"sample_corpus={sample_corpus_path()}"
 
 
 def evaluation_defs(embedding_model: EmbeddingModelResource) -> dg.Definitions:
-    import ai_assets.ingestion.definitions as ingestion
-
+    ingestion, evaluation = domain_defs("ingestion"), domain_defs("evaluation")
     return dg.Definitions(
-        assets=[*ingestion.defs.assets, *evaluation.defs.assets],
-        asset_checks=[*ingestion.defs.asset_checks, *evaluation.defs.asset_checks],
+        assets=[*ingestion.assets, *evaluation.assets],
+        asset_checks=[*ingestion.asset_checks, *evaluation.asset_checks],
         resources={
             "qdrant": QdrantResource(lock_timeout_s=30),
             "embedding_model": embedding_model,
@@ -100,7 +100,7 @@ def test_quality_metrics_offline_then_a_regression_is_caught(
     assert checks["metrics_meet_thresholds"].passed is False
     # The judged documents are gone from the index: counted and named, not silently scored 0.
     meta = metadata(second, "rag_quality_metrics")
-    golden = [json.loads(line) for line in (Path(evaluation.__file__).parent / "golden_sets" / "sample_corpus.jsonl").read_text().splitlines()]
+    golden = [json.loads(line) for line in (GOLDEN_SETS_DIR / "sample_corpus.jsonl").read_text().splitlines()]
     expected = [q for q in golden if any(doc != keep for doc in q["relevant_doc_ids"])]
     assert meta["questions_with_unindexed_relevant_docs"] == len(expected) > 0
     assert meta["relevant_docs_not_indexed"] == sum(sum(doc != keep for doc in q["relevant_doc_ids"]) for q in expected)

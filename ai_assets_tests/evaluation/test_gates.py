@@ -2,7 +2,7 @@
 
 import pytest
 
-from ai_assets.evaluation.gates import configured_thresholds, regressions, threshold_failures
+from ai_assets.lib.evaluation.gates import configured_thresholds, regressions, threshold_failures
 
 
 def test_threshold_failures_name_the_metric_and_the_gap() -> None:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ai_assets.evaluation.metrics import dcg_at_k, ndcg_at_k, recall_at_k
+from ai_assets.lib.evaluation.metrics import dcg_at_k, ndcg_at_k, recall_at_k
 
 
 def test_dcg_uses_linear_gains_and_log2_discount() -> None:
@@ -45,7 +45,7 @@ def test_recall_at_k() -> None:
 
 # --- MRR, hit rate and the report over queries -------------------------------------------------
 
-from ai_assets.evaluation.metrics import (  # noqa: E402
+from ai_assets.lib.evaluation.metrics import (  # noqa: E402
     hit_rate_at_k,
     mrr_at_k,
     per_query_retrieval,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ai_assets.evaluation.ragas_metrics import (
+from ai_assets.lib.evaluation.ragas_metrics import (
     ALL_METRICS,
     ANSWER_RELEVANCY,
     CONTEXT_PRECISION_LLM,
@@ -152,7 +152,7 @@ def test_merge_rows_joins_values_and_errors_question_by_question() -> None:
 def test_ragas_is_imported_lazily_with_tracking_off() -> None:
     code = (
         "import sys, os\n"
-        "import ai_assets.evaluation.ragas_metrics as m, ai_assets.evaluation.answering\n"
+        "import ai_assets.lib.evaluation.ragas_metrics as m, ai_assets.lib.llm.answering\n"
         "assert 'ragas' not in sys.modules and 'instructor' not in sys.modules, 'imported eagerly'\n"
         "assert 'RAGAS_DO_NOT_TRACK' not in os.environ\n"
         "m.score_without_llm([m.QuestionSample('q', 'a b', ['c'], 'a b', ['c'])], lambda t: [[1.0, 0.0]] * len(t))\n"
@@ -307,7 +307,7 @@ def test_a_well_formed_judge_yields_ragas_scores_and_a_malformed_question_does_n
 
 
 def test_judge_errors_redact_the_key_also_without_its_prefix() -> None:
-    from ai_assets.evaluation.ragas_metrics import _describe
+    from ai_assets.lib.evaluation.ragas_metrics import _describe
 
     bare = API_KEY.removeprefix("sk-")
     message = _describe(RuntimeError(f"401: invalid key {bare}; middle {bare[4:16]}"), secrets=(API_KEY,))

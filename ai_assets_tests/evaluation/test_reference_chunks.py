@@ -1,6 +1,6 @@
 """Reference passages are matched to the chunks that contain them."""
 
-from ai_assets.evaluation.reference_chunks import align_reference_contexts
+from ai_assets.lib.evaluation.reference_chunks import align_reference_contexts
 
 
 def test_passages_map_to_the_chunk_that_contains_them() -> None:

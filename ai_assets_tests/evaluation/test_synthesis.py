@@ -6,8 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.evaluation.assets import rag_eval_set
-from ai_assets.evaluation.synthesis import pick_chunks, synthetic_questions
+from ai_assets.defs.evaluation.assets import rag_eval_set
+from ai_assets.lib.evaluation.synthesis import pick_chunks, synthetic_questions
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus

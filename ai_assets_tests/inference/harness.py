@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ai_assets.inference.assets import inference_files, inference_outputs
+from ai_assets.defs.inference.assets import inference_files, inference_outputs
 from ai_assets.resources.llm import OpenAIResource
 
 

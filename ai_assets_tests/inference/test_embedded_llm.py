@@ -13,8 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ai_assets.inference.assets import inference_files, inference_outputs
-from ai_assets.inference.storage import output_path, read_outputs
+from ai_assets.defs.inference.assets import inference_files, inference_outputs
+from ai_assets.lib.inference.files import output_path, read_outputs
 from ai_assets.resources.llm import OpenAIResource
 
 pytestmark = pytest.mark.slow

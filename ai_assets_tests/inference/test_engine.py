@@ -12,12 +12,12 @@ from typing import Any
 import openai
 import pytest
 
-from ai_assets.inference.engine import AbortBatch, BatchProgress, BatchStats, assemble_outputs, run_batch
-from ai_assets.inference.items import CallResult, InferenceItem, OutputRow
-from ai_assets.inference.ledger import ResultLedger
-from ai_assets.inference.openai_call import make_openai_call
-from ai_assets.inference.rate_limit import RateLimiter
-from ai_assets.inference.retry import RetryPolicy
+from ai_assets.lib.llm.engine import AbortBatch, BatchProgress, BatchStats, assemble_outputs, run_batch
+from ai_assets.lib.llm.items import CallResult, InferenceItem, OutputRow
+from ai_assets.lib.llm.ledger import ResultLedger
+from ai_assets.lib.llm.openai_call import make_openai_call
+from ai_assets.lib.llm.rate_limit import RateLimiter
+from ai_assets.lib.llm.retry import RetryPolicy
 
 from .openai_server import FakeOpenAIServer
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.inference.assets import inference_files, inference_outputs
-from ai_assets.inference.automation import inference_inbox_sensor
-from ai_assets.inference.storage import output_path, read_outputs
+from ai_assets.defs.inference.assets import inference_files, inference_outputs
+from ai_assets.defs.inference.automation import inference_inbox_sensor
+from ai_assets.lib.inference.files import output_path, read_outputs
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.inference.assets import inference_outputs
-from ai_assets.inference.storage import file_digest, ledger_path, output_path, read_outputs
+from ai_assets.defs.inference.assets import inference_outputs
+from ai_assets.lib.inference.files import file_digest, ledger_path, output_path, read_outputs
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 
@@ -35,7 +35,7 @@ def test_sigkill_mid_batch_then_rerun(tmp_path: Path, data_dir: Path, instance: 
             "OPENAI_MAX_IN_FLIGHT": "4",
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ai_assets.inference.submit", str(source), "--run"],
+            [sys.executable, "-m", "ai_assets.lib.inference.submit", str(source), "--run"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ai_assets.inference.retry import MIN_SECRET_FRAGMENT
-from ai_assets.inference.storage import output_path, read_outputs
+from ai_assets.lib.llm.retry import MIN_SECRET_FRAGMENT
+from ai_assets.lib.inference.files import output_path, read_outputs
 from ai_assets.resources.llm import OpenAIResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets.inference.items import OutputRow
-from ai_assets.inference.ledger import LedgerCorruptError, ResultLedger
+from ai_assets.lib.llm.items import OutputRow
+from ai_assets.lib.llm.ledger import LedgerCorruptError, ResultLedger
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,8 +95,8 @@ def test_rows_written_before_sigkill_survive(tmp_path: Path) -> None:
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
-        from ai_assets.inference.items import OutputRow
-        from ai_assets.inference.ledger import ResultLedger
+        from ai_assets.lib.llm.items import OutputRow
+        from ai_assets.lib.llm.ledger import ResultLedger
         ledger = ResultLedger({str(path)!r}, fsync_interval_s=3600).open()
         for i in range(500):
             ledger.append(OutputRow(id=f"item-{{i}}", output="x" * 100))

@@ -15,11 +15,11 @@ import httpx2
 import openai
 import pytest
 
-from ai_assets.inference.engine import run_batch
-from ai_assets.inference.items import InferenceItem
-from ai_assets.inference.ledger import ResultLedger
-from ai_assets.inference.openai_call import make_openai_call, warm_up_connections
-from ai_assets.inference.retry import RetryPolicy
+from ai_assets.lib.llm.engine import run_batch
+from ai_assets.lib.llm.items import InferenceItem
+from ai_assets.lib.llm.ledger import ResultLedger
+from ai_assets.lib.llm.openai_call import make_openai_call, warm_up_connections
+from ai_assets.lib.llm.retry import RetryPolicy
 
 from .openai_server import FakeOpenAIServer
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ai_assets.inference.automation import inference_inbox_sensor
-from ai_assets.inference.storage import (
+from ai_assets.defs.inference.automation import inference_inbox_sensor
+from ai_assets.lib.inference.files import (
     MAX_KEY_BYTES,
     InvalidPartitionKeyError,
     check_partition_key,
@@ -100,5 +100,5 @@ def test_sensor_keeps_unicode_files_apart_and_skips_unsafe_ones(
     logged = capfd.readouterr().err  # the sensor's log, as `dagster dev` shows it
     assert f"{inbox / 'with space.jsonl'}: skipped" in logged
     assert f"rename it to {partition_key_for(Path('with space.jsonl'))}" in logged
-    assert f"ai_assets.inference.submit '{inbox / 'with space.jsonl'}'" in logged
+    assert f"ai_assets.lib.inference.submit '{inbox / 'with space.jsonl'}'" in logged
     assert f"{inbox / 'escape.jsonl'}: skipped" in logged and "outside" in logged

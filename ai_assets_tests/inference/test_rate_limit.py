@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from ai_assets.inference.items import InferenceItem
-from ai_assets.inference.rate_limit import RateLimiter, estimate_tokens
+from ai_assets.lib.llm.items import InferenceItem
+from ai_assets.lib.llm.rate_limit import RateLimiter, estimate_tokens
 
 
 class FakeClock:

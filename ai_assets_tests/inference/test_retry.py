@@ -11,7 +11,7 @@ import httpx2
 import openai
 import pytest
 
-from ai_assets.inference.retry import (
+from ai_assets.lib.llm.retry import (
     MIN_SECRET_FRAGMENT,
     Failure,
     MalformedResponseError,

@@ -19,12 +19,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ai_assets.evaluation.answering import answer_with
-from ai_assets.inference.engine import run_batch
-from ai_assets.inference.items import CallResult, InferenceItem
-from ai_assets.inference.ledger import ResultLedger
-from ai_assets.inference.retry import RetryPolicy
-from ai_assets.inference.storage import output_path, read_outputs
+from ai_assets.lib.llm.answering import answer_with
+from ai_assets.lib.llm.engine import run_batch
+from ai_assets.lib.llm.items import CallResult, InferenceItem
+from ai_assets.lib.llm.ledger import ResultLedger
+from ai_assets.lib.llm.retry import RetryPolicy
+from ai_assets.lib.inference.files import output_path, read_outputs
 from ai_assets.resources.llama_server import (
     LLAMA_CPP_PYTHON_PIN,
     EmbeddedServerDied,

@@ -1,4 +1,4 @@
-"""`python -m ai_assets.inference.submit`: distinct partitions for distinct files, no silent overwrite,
+"""`python -m ai_assets.lib.inference.submit`: distinct partitions for distinct files, no silent overwrite,
 validation errors as file:line lines and an exit status instead of a traceback."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ai_assets.inference.assets import inference_files
-from ai_assets.inference.storage import key_for_name
-from ai_assets.inference.submit import SubmitError, main, submit
+from ai_assets.defs.inference.assets import inference_files
+from ai_assets.lib.inference.files import key_for_name
+from ai_assets.lib.inference.submit import SubmitError, main, submit
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_cli_prints_validation_problems_without_a_traceback(tmp_path: Path, inbo
     home.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home), "AI_ASSETS_INFERENCE_INBOX": str(inbox)}
     done = subprocess.run(
-        [sys.executable, "-m", "ai_assets.inference.submit", str(bad)], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "ai_assets.lib.inference.submit", str(bad)], env=env, capture_output=True, text=True
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr

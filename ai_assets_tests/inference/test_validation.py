@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ai_assets.inference.items import InferenceItem
-from ai_assets.inference.validation import (
+from ai_assets.lib.llm.items import InferenceItem
+from ai_assets.lib.llm.validation import (
     MAX_WARNINGS_PER_KEY,
     InputProblem,
     InputValidationError,

@@ -8,16 +8,19 @@ from typing import Any
 import dagster as dg
 from qdrant_client import QdrantClient
 
-from ai_assets.ingestion import checks
-from ai_assets.ingestion.audit import IndexAudit, audit_collection, expected_chunk_ids
-from ai_assets.ingestion.automation import rag_ingestion
-from ai_assets.ingestion.chunking import ChunkingSettings
-from ai_assets.ingestion.definitions import defs as ingestion_defs
-from ai_assets.ingestion.sources import parse_source_specs
+from ai_assets.defs.ingestion import checks
+from ai_assets.lib.ingestion.audit import IndexAudit, audit_collection, expected_chunk_ids
+from ai_assets.defs.ingestion.automation import rag_ingestion
+from ai_assets.lib.ingestion.chunking import ChunkingSettings
+from ai_assets_tests.domains import domain_defs
+from ai_assets.lib.ingestion.sources import parse_source_specs
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.storage import ParquetTableIOManager
+from ai_assets.lib.tables import ParquetTableIOManager
+
+# The ingestion domain as the code location autoloads it, without its resources.
+ingestion_defs = domain_defs("ingestion")
 
 index_checks_only = dg.define_asset_job(
     "index_checks_only", selection=dg.AssetSelection.checks(checks.index_checks)

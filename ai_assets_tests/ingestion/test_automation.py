@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.ingestion.automation import nightly_rag_refresh, rag_ingestion, source_change_sensor
+from ai_assets.defs.ingestion.automation import nightly_rag_refresh, rag_ingestion, source_change_sensor
 from ai_assets.resources.sources import DocumentSourcesResource
 
 

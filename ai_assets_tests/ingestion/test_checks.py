@@ -9,10 +9,10 @@ import dagster as dg
 import pytest
 from qdrant_client import models
 
-from ai_assets.ingestion.assets import CHUNK_SCHEMA
-from ai_assets.ingestion.checks import chunk_ids_unique, chunks_not_empty
+from ai_assets.defs.ingestion.assets import CHUNK_SCHEMA
+from ai_assets.defs.ingestion.checks import chunk_ids_unique, chunks_not_empty
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets.storage import TableWriter
+from ai_assets.lib.tables import TableWriter
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.ingestion.harness import alias_target, ingest, qdrant_client, run_index_checks
 

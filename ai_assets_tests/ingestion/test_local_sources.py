@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets.ingestion.sources import (
+from ai_assets.lib.ingestion.sources import (
     Document,
     HttpSettings,
     LocalSettings,

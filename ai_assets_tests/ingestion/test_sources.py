@@ -1,4 +1,4 @@
-"""Tests for ai_assets.ingestion.sources against real files and a real HTTP server."""
+"""Tests for ai_assets.lib.ingestion.sources against real files and a real HTTP server."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets.ingestion.html_text import html_to_text
-from ai_assets.ingestion.sources import (
+from ai_assets.lib.ingestion.html_text import html_to_text
+from ai_assets.lib.ingestion.sources import (
     Document,
     HttpSettings,
     SourceProblem,

@@ -1,6 +1,6 @@
 """The sync planner decides what to embed and delete; these cases are worked out by hand."""
 
-from ai_assets.ingestion.vector_index import (
+from ai_assets.lib.ingestion.vector_index import (
     DesiredChunk,
     IndexedPoint,
     collection_fingerprint,

@@ -1,0 +1,240 @@
+"""RAG quality: retrieval metrics and ragas metrics on an evaluation set, after every index change."""
+
+import asyncio
+import json
+import math
+import time
+
+import dagster as dg
+
+from ai_assets.lib import settings
+from ai_assets.lib.llm.answering import answer_with, build_prompt
+from ai_assets.lib.evaluation.coverage import describe, indexed_doc_ids, unindexed_judgements
+from ai_assets.lib.evaluation.eval_set import EvalQuestion, load_eval_set
+from ai_assets.lib.evaluation.metrics import per_query_retrieval, retrieval_report
+from ai_assets.lib.evaluation.retrieval import search_chunks, search_documents
+from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.qdrant import QdrantResource
+from ai_assets.lib.evaluation.reference_chunks import align_reference_contexts
+from ai_assets.lib.evaluation.synthesis import pick_chunks, question_prompts, synthetic_questions
+from ai_assets.lib.tables import data_dir, latest_table
+
+OWNERS = ["team:ml-platform"]
+GROUP = "evaluation"
+
+
+class EvalSetConfig(dg.Config):
+    """Where the golden questions come from: a JSONL file or a BEIR folder; empty = the bundled set."""
+
+    location: str = settings.value("RAG_EVAL_SET")
+    # BEIR corpora are ingested with a source name; its document ids carry it as a prefix.
+    beir_doc_id_prefix: str = settings.value("RAG_EVAL_DOC_ID_PREFIX")
+    # Extra questions the LLM writes from indexed chunks (marked synthetic); 0 = golden questions only.
+    synthesize_questions: int = settings.value("RAG_EVAL_SYNTHESIZE")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python"},
+    owners=OWNERS,
+    code_version="1",
+    deps=["document_chunks"],
+    # Built on first sight and refreshed with the chunks, so the metrics below can follow the index.
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def rag_eval_set(
+    context: dg.AssetExecutionContext, config: EvalSetConfig, llm: OpenAIResource
+) -> dg.Output[list[EvalQuestion]]:
+    """The questions the knowledge base is judged on: question, reference answer, reference contexts
+    and the documents that should be retrieved. Golden ones (bring your own with `RAG_EVAL_SET`), plus
+    optionally questions the LLM writes from indexed chunks, marked synthetic."""
+    questions, description = load_eval_set(config.location, beir_doc_id_prefix=config.beir_doc_id_prefix)
+    context.log.info(f"{len(questions)} questions from {description}")
+    if config.synthesize_questions > 0:
+        synthetic = _synthesize(context, llm, config.synthesize_questions)
+        questions = [*questions, *synthetic]
+        description += f" + {len(synthetic)} synthetic"
+    return dg.Output(
+        questions,
+        metadata={
+            "questions": len(questions),
+            "with_reference_answer": sum(1 for q in questions if q.reference_answer),
+            "with_reference_contexts": sum(1 for q in questions if q.reference_contexts),
+            "synthetic": sum(1 for q in questions if q.synthetic),
+            "source": description,
+        },
+    )
+
+
+def _synthesize(context: dg.AssetExecutionContext, llm: OpenAIResource, count: int) -> list[EvalQuestion]:
+    table = latest_table(dg.AssetKey("document_chunks"))
+    if table is None:
+        raise FileNotFoundError("synthesize_questions needs document_chunks: materialize the ingestion first")
+    chunks = pick_chunks(list(table.iter_rows(columns=["chunk_id", "doc_id", "text"])), count)
+    replies = asyncio.run(_answer(context, llm, question_prompts(chunks), max_tokens=64))
+    questions, problems = synthetic_questions(chunks, replies)
+    for problem in problems:
+        context.log.warning(f"no synthetic question from {problem}")
+    return questions
+
+
+class QualityConfig(dg.Config):
+    top_k_contexts: int = 3
+    # Generating answers costs LLM calls: 0 skips the answer metrics (retrieval metrics always run).
+    max_answered_questions: int = settings.value("RAG_EVAL_MAX_ANSWERED")
+    answer_max_tokens: int = 128
+    max_context_chars: int = 3000
+    # LLM-judged ragas metrics (faithfulness, answer relevancy, LLM context precision/recall) run only
+    # with a judge: an OpenAI-compatible endpoint and model.
+    judge_base_url: str = settings.value("RAGAS_JUDGE_BASE_URL")
+    judge_model: str = settings.value("RAGAS_JUDGE_MODEL")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"qdrant", "python"},
+    owners=OWNERS,
+    code_version="1",
+    deps=["document_embeddings"],
+    pool="qdrant",
+    # Re-evaluated whenever the index (or the evaluation set) changes.
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def rag_quality_metrics(
+    context: dg.AssetExecutionContext,
+    config: QualityConfig,
+    qdrant: QdrantResource,
+    embedding_model: EmbeddingModelResource,
+    llm: OpenAIResource,
+    rag_eval_set: list[EvalQuestion],
+) -> dg.MaterializeResult:
+    """How well the knowledge base retrieves and answers: nDCG@10, MRR@10, recall@k and hit rate@k
+    from Qdrant search, and ragas metrics on answers generated over the retrieved contexts.
+
+    One number per metric in the metadata (the UI plots them over time), a `ragas_score` summary, the
+    per-question results as a JSONL artifact, and the worst questions as a table.
+    """
+    from ai_assets.lib.evaluation.ragas_metrics import (
+        ERRORS_KEY,
+        JudgeConfig,
+        QuestionSample,
+        merge_rows,
+        metric_means,
+        ragas_score,
+        score_with_judge,
+        score_without_llm,
+    )
+
+    started = time.perf_counter()
+    questions = rag_eval_set
+    client = qdrant.get_client(context.log)
+    vectors = embedding_model.encode([q.question for q in questions])
+    ranked = search_documents(client, qdrant.alias, vectors, top_documents=100)
+    rankings = {q.id: [doc for doc, _ in docs] for q, docs in zip(questions, ranked, strict=True)}
+    qrels = {q.id: q.relevant for q in questions if q.relevant}
+    retrieval = retrieval_report(rankings, qrels)
+    per_question = per_query_retrieval(rankings, qrels)
+    retrieval_s = time.perf_counter() - started
+    context.log.info(f"retrieval over {len(questions)} questions in {retrieval_s:.1f} s: {retrieval}")
+    indexed = indexed_doc_ids(client, qdrant.alias)
+    unindexed = unindexed_judgements(questions, indexed)
+    for line in describe(unindexed, indexed):
+        context.log.warning(line)
+
+    answered = questions[: max(config.max_answered_questions, 0)]
+    contexts = search_chunks(client, qdrant.alias, vectors[: len(answered)], config.top_k_contexts) if answered else []
+    # Every read of the index is done: release the embedded Qdrant folder before minutes of LLM calls,
+    # so ingestion runs waiting on its lock can go ahead.
+    qdrant.close()
+
+    # Reference passages as the chunks that contain them, so context precision/recall mean something.
+    references = {r for q in answered for r in q.reference_contexts}
+    chunks_table = latest_table(dg.AssetKey("document_chunks")) if references else None
+    aligned = (
+        align_reference_contexts(references, (r["text"] for r in chunks_table.iter_rows(columns=["text"])))
+        if chunks_table is not None
+        else {}
+    )
+
+    answer_metrics: dict[str, float] = {}
+    rows: dict[str, dict] = {q.id: {"id": q.id, "question": q.question, **per_question.get(q.id, {})} for q in questions}
+    if answered:
+        prompts = [
+            build_prompt(q.question, [text for _, text, _ in hits], config.max_context_chars)
+            for q, hits in zip(answered, contexts, strict=True)
+        ]
+        answers = asyncio.run(_answer(context, llm, prompts, config.answer_max_tokens))
+        samples = [
+            QuestionSample(
+                question=q.question,
+                answer=answer or "",
+                contexts=[text for _, text, _ in hits],
+                reference=q.reference_answer,
+                reference_contexts=[aligned.get(r, r) for r in q.reference_contexts] or None,
+            )
+            for q, hits, (answer, _) in zip(answered, contexts, answers, strict=True)
+        ]
+        scores = score_without_llm(samples, embedding_model.encode)
+        if config.judge_base_url and config.judge_model:
+            judge = JudgeConfig(
+                base_url=config.judge_base_url,
+                api_key=settings.value("RAGAS_JUDGE_API_KEY") or "not-needed",
+                model=config.judge_model,
+            )
+            scores = merge_rows(scores, score_with_judge(samples, judge, embedding_model.encode))
+        for q, (answer, error), score in zip(answered, answers, scores, strict=True):
+            rows[q.id].update({"answer": answer, "answer_error": error, **score})
+        answer_metrics = metric_means(scores)
+        summary = ragas_score(scores)
+        if math.isfinite(summary):  # NaN when no ragas metric had a value: nothing to summarise
+            answer_metrics["ragas_score"] = summary
+        answer_metrics["answer_failures"] = float(sum(1 for a, _ in answers if a is None))
+        # Malformed judge output and metric failures are recorded per question, never raised.
+        answer_metrics["metric_errors"] = float(sum(len(s.get(ERRORS_KEY, {})) for s in scores))
+
+    artifact = data_dir() / "evaluation" / f"rag_quality_{context.run.run_id}.jsonl"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows.values()))
+    metrics = {**retrieval, **answer_metrics}
+    return dg.MaterializeResult(
+        metadata={
+            **{name: round(value, 5) for name, value in metrics.items()},
+            "questions": len(questions),
+            "questions_answered": len(answered),
+            # Judged documents the index lacks score 0 whatever the retriever does: a wrong id prefix or
+            # a missing source, not bad retrieval.
+            "relevant_docs_not_indexed": sum(len(u.doc_ids) for u in unindexed),
+            "questions_with_unindexed_relevant_docs": len(unindexed),
+            "reference_contexts_aligned_to_chunks": len(aligned),
+            "reference_contexts": len(references),
+            "collection_alias": qdrant.alias,
+            "model": embedding_model.name,
+            "answer_model": llm.default_model if answered else "none",
+            "judge_model": config.judge_model or "none (LLM-judged metrics skipped)",
+            "retrieval_s": round(retrieval_s, 3),
+            "duration_s": round(time.perf_counter() - started, 3),
+            # All metrics in one entry too: the checks compare runs through it.
+            "metrics": dg.MetadataValue.json({k: round(v, 5) for k, v in metrics.items()}),
+            "per_question": dg.MetadataValue.path(str(artifact)),
+            "worst_questions": dg.MetadataValue.md(_worst_table(list(rows.values()))),
+        }
+    )
+
+
+async def _answer(context: dg.AssetExecutionContext, llm: OpenAIResource, prompts, max_tokens: int):
+    # Supervised: an embedded server that dies mid-way is restarted once, a second death fails the step.
+    return await answer_with(llm, context.log, prompts, max_tokens)
+
+
+def _worst_table(rows: list[dict], limit: int = 10) -> str:
+    ordered = sorted(rows, key=lambda r: (r.get("ndcg_at_10", 0.0), r["id"]))[:limit]
+    lines = ["| id | question | nDCG@10 | first relevant rank | answer |", "|---|---|---|---|---|"]
+    for r in ordered:
+        question = r["question"].replace("|", "\\|")[:90]
+        answer = (r.get("answer") or r.get("answer_error") or "").replace("\n", " ").replace("|", "\\|")[:90]
+        lines.append(
+            f"| {r['id']} | {question} | {r.get('ndcg_at_10', 0.0):.3f} | {r.get('first_relevant_rank', '-')} | {answer} |"
+        )
+    return "\n".join(lines)
+

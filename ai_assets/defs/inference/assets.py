@@ -1,0 +1,166 @@
+"""Batch LLM inference: one dynamic partition per input JSONL file in the inbox."""
+
+import asyncio
+import time
+
+import dagster as dg
+
+from ai_assets.lib import settings
+from ai_assets.defs.inference.checks import CHECK_SPECS, error_rate_within_threshold, one_output_per_input
+from ai_assets.lib.llm.engine import BatchStats, assemble_outputs, run_batch
+from ai_assets.lib.llm.ledger import ResultLedger
+from ai_assets.lib.llm.openai_call import make_openai_call, warm_up_connections
+from ai_assets.lib.llm.rate_limit import RateLimiter
+from ai_assets.lib.llm.report import (
+    ModelPrice,
+    error_rate,
+    estimated_cost,
+    percentile,
+    preview_markdown,
+)
+from ai_assets.lib.llm.retry import RetryPolicy
+from ai_assets.lib.inference.files import file_digest, input_path, ledger_path, output_path, write_outputs
+from ai_assets.lib.llm.validation import validate_jsonl
+from ai_assets.resources.llm import OpenAIResource
+
+inference_files = dg.DynamicPartitionsDefinition(name="inference_files")
+
+
+class PriceConfig(dg.Config):
+    prompt_per_million: float
+    completion_per_million: float
+
+
+class InferenceConfig(dg.Config):
+    """How to treat bad input, and what tokens cost."""
+
+    # Fail the run on any invalid line instead of answering the valid ones.
+    strict: bool = False
+    max_prompt_chars: int = settings.value("INFERENCE_MAX_PROMPT_CHARS")
+    # US dollars per million tokens, by model name as the API reports it. Unlisted models count as free
+    # and are named in the metadata.
+    prices: dict[str, PriceConfig] = {}
+
+
+@dg.asset(
+    partitions_def=inference_files,
+    group_name="inference",
+    kinds={"openai", "jsonl"},
+    owners=["team:ml-platform"],
+    code_version="1",
+    pool="openai-api",
+    check_specs=CHECK_SPECS,
+)
+def inference_outputs(
+    context: dg.AssetExecutionContext, config: InferenceConfig, llm: OpenAIResource
+) -> dg.MaterializeResult:
+    """One output row per input request, in input order: the model's answer or the error that ended it.
+
+    Requests run with a bounded number in flight (a new one starts the moment one finishes), within
+    the provider's rate limits; 429s, 5xx, timeouts and dropped connections are retried with backoff,
+    honouring Retry-After. Every answer is appended to a ledger as it arrives, so a re-run — or
+    Dagster's retry after a crash — pays only for what is not answered yet and retries what failed.
+    """
+    started = time.perf_counter()
+    key = context.partition_key
+    source = input_path(key)
+    validated = validate_jsonl(source, max_prompt_chars=config.max_prompt_chars)
+    for problem in [*validated.problems, *validated.warnings]:
+        context.log.warning(str(problem))
+    validated.raise_if_unusable(strict=config.strict)
+    items = validated.items
+    context.log.info(
+        f"{key}: {len(items)} valid requests, {len(validated.problems)} invalid lines; endpoint "
+        f"{'embedded llama.cpp' if llm.embedded else llm.endpoint}, up to {llm.max_in_flight} in flight"
+    )
+
+    ledger_file = ledger_path(key, file_digest(source))
+    with ResultLedger(ledger_file) as ledger:
+        stats = asyncio.run(_run(context, llm, items, ledger))
+        rows = assemble_outputs(items, ledger.load())
+    written = write_outputs(output_path(key), rows)
+
+    succeeded = sum(1 for r in rows if r.succeeded)
+    prices = {m: ModelPrice(p.prompt_per_million, p.completion_per_million) for m, p in config.prices.items()}
+    cost, unpriced = estimated_cost(rows, prices)
+    latencies = [r.latency_s for r in rows if r.succeeded]
+    prompt_tokens = sum(r.prompt_tokens for r in rows)
+    completion_tokens = sum(r.completion_tokens for r in rows)
+    models = sorted({r.model for r in rows if r.model})
+    return dg.MaterializeResult(
+        metadata={
+            "items": len(rows),
+            "succeeded": succeeded,
+            "failed": len(rows) - succeeded,
+            "error_rate": round(error_rate(rows), 4),
+            "invalid_lines": len(validated.problems),
+            "answered_this_run": stats.succeeded + stats.failed,
+            "skipped_already_answered": stats.skipped,
+            "retries": stats.retries,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "estimated_cost_usd": round(cost, 6),
+            "unpriced_models": ", ".join(unpriced) or "none",
+            "latency_p50_s": round(percentile(latencies, 50), 3),
+            "latency_p95_s": round(percentile(latencies, 95), 3),
+            "throughput_items_per_s": round((stats.succeeded + stats.failed) / stats.wall_s, 2)
+            if stats.wall_s
+            else 0.0,
+            "max_in_flight_observed": stats.max_in_flight_observed,
+            "model": ", ".join(models) or llm.default_model,
+            "endpoint": "embedded llama.cpp" if llm.embedded else llm.endpoint,
+            "input": dg.MetadataValue.path(str(source)),
+            "output": dg.MetadataValue.path(str(output_path(key))),
+            "output_rows": written,
+            "duration_s": round(time.perf_counter() - started, 3),
+            "preview": dg.MetadataValue.md(preview_markdown(rows)),
+        },
+        check_results=[
+            one_output_per_input([item.id for item in items], output_path(key)),
+            error_rate_within_threshold(output_path(key)),
+        ],
+    )
+
+
+async def _run(
+    context: dg.AssetExecutionContext, llm: OpenAIResource, items, ledger: ResultLedger
+) -> BatchStats:
+    previous = ledger.load()
+    answered_before = sum(1 for item in items if item.id in previous and previous[item.id].succeeded)
+    batch_s = 0.0  # time in run_batch over all passes, server (re)starts excluded
+
+    async def batch(client) -> BatchStats:  # noqa: ANN001 - an openai.AsyncOpenAI
+        nonlocal batch_s
+        # Open the connections before the first request, so short batches do not pay their set-up
+        # while the slots should already be busy.
+        pending = len(items) - answered_before
+        if pending > 0:
+            await warm_up_connections(client, min(llm.max_in_flight, pending))
+        started = time.perf_counter()
+        try:
+            return await run_batch(
+                items,
+                # A dead embedded server aborts the batch instead of being retried; `supervised` restarts it
+                # once and runs the batch again, which skips what the ledger already holds.
+                llm.guard(make_openai_call(client, llm.default_model)),
+                ledger=ledger,
+                max_in_flight=llm.max_in_flight,
+                retry=RetryPolicy(max_attempts=llm.max_attempts),
+                limiter=RateLimiter(llm.requests_per_minute, llm.tokens_per_minute)
+                if llm.requests_per_minute or llm.tokens_per_minute
+                else None,
+                on_progress=lambda progress: context.log.info(str(progress)),
+                # Errors are recorded in outputs and logs: the key is scrubbed from them whatever its shape.
+                secrets=[llm.api_key] if llm.api_key else [],
+            )
+        finally:
+            batch_s += time.perf_counter() - started
+
+    stats = await llm.supervised(context.log, batch)
+    # After a restart the last pass counts what the earlier pass answered as skipped: it was answered
+    # in this step, so report it as such.
+    stats.succeeded += stats.skipped - answered_before
+    stats.skipped = answered_before
+    stats.wall_s = batch_s
+    return stats

@@ -1,0 +1,357 @@
+"""RAG ingestion: sources -> documents -> token-aware chunks -> vectors in Qdrant, incrementally."""
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import asdict
+
+import dagster as dg
+import pyarrow as pa
+
+from ai_assets.lib import settings
+from ai_assets.lib.ingestion.chunking import CHUNKER_VERSION, ChunkingSettings, chunk_id, chunk_texts
+from ai_assets.lib.ingestion.sources import SourceProblem, read_source
+from ai_assets.lib.ingestion.vector_index import (
+    DesiredChunk,
+    apply_sync,
+    collection_fingerprint,
+    collection_name,
+    index_data_version,
+    plan_sync,
+    scan_points,
+)
+from ai_assets.lib.progress import Progress
+from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.qdrant import QdrantResource
+from ai_assets.resources.sources import DocumentSourcesResource
+from ai_assets.lib.tables import ParquetTable, TableWriter, data_dir, latest_table, staging_path
+
+OWNERS = ["team:ml-platform"]
+GROUP = "ingestion"
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("uri", pa.string()),
+        ("title", pa.string()),
+        ("text", pa.string()),
+        ("content_hash", pa.string()),
+    ]
+)
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("chunk_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("uri", pa.string()),
+        ("title", pa.string()),
+        ("chunk_index", pa.int32()),
+        ("chunk_hash", pa.string()),
+        ("doc_hash", pa.string()),
+        ("token_count", pa.int32()),
+        ("text", pa.string()),
+    ]
+)
+
+
+def _markdown_table(header: list[str], rows: list[list[object]], limit: int = 20) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows[:limit]:
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |")
+    if len(rows) > limit:
+        lines.append(f"\n…and {len(rows) - limit} more")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python", "parquet"},
+    owners=OWNERS,
+    code_version="1",
+    io_manager_key="table_io_manager",
+)
+def raw_documents(
+    context: dg.AssetExecutionContext, document_sources: DocumentSourcesResource
+) -> dg.Output[ParquetTable]:
+    """Every document the configured sources hold right now: id, source, title, text and content hash.
+
+    Sources are local folders or files (Markdown, text, HTML, BEIR-style JSONL) and HTTP(S) URLs fetched
+    with conditional requests. A source that cannot be read is reported here by name and its documents
+    stay indexed as they were; the other sources are read as usual.
+    """
+    started = time.perf_counter()
+    specs = document_sources.specs()
+    writer = TableWriter(staging_path(context, "raw_documents"), DOCUMENT_SCHEMA)
+    version = hashlib.sha256()
+    per_source: Counter[str] = Counter()
+    problems: list[SourceProblem] = []
+    seen: set[str] = set()
+    chars = 0
+    cache_dir = data_dir() / "cache" / "http"
+    http, local = document_sources.http_settings(), document_sources.local_settings()
+    progress = Progress("reading sources", 0, context.log.info, unit="documents")
+    try:
+        for spec in specs:
+            for item in read_source(spec, http=http, cache_dir=cache_dir, local=local):
+                if isinstance(item, SourceProblem):
+                    problems.append(item)
+                    context.log.warning(f"source {item.source}: {item.location}: {item.message}")
+                    continue
+                if item.doc_id in seen:
+                    problems.append(SourceProblem(item.source, item.uri, f"duplicate document id {item.doc_id}"))
+                    context.log.warning(f"source {item.source}: duplicate document id {item.doc_id}, skipped")
+                    continue
+                seen.add(item.doc_id)
+                writer.write(asdict(item))
+                per_source[spec.name] += 1
+                chars += len(item.text)
+                version.update(f"{item.doc_id}\x00{item.content_hash}\n".encode())
+                progress.advance()
+    except BaseException:
+        writer.abort()
+        raise
+    unavailable = sorted({p.source for p in problems if p.source_unavailable})
+    unreadable = sorted({p.doc_id for p in problems if p.doc_id})
+    table = writer.close(attrs={"unavailable_sources": unavailable, "unreadable_doc_ids": unreadable})
+    source_rows = [
+        [s.name, s.kind, s.location, per_source[s.name], "unavailable" if s.name in unavailable else "ok"]
+        for s in specs
+    ]
+    metadata: dict[str, object] = {
+        "documents": table.num_rows,
+        "sources": len(specs),
+        "sources_unavailable": len(unavailable),
+        "problems": len(problems),
+        "characters": chars,
+        "duration_s": round(time.perf_counter() - started, 3),
+        "sources_preview": dg.MetadataValue.md(
+            _markdown_table(["source", "kind", "location", "documents", "status"], source_rows)
+        ),
+    }
+    if problems:
+        metadata["problems_preview"] = dg.MetadataValue.md(
+            _markdown_table(
+                ["source", "where", "problem"], [[p.source, p.location, p.message] for p in problems]
+            )
+        )
+    return dg.Output(table, metadata=metadata, data_version=dg.DataVersion(version.hexdigest()[:24]))
+
+
+class ChunkingConfig(dg.Config):
+    """Token-aware chunking; any change builds a new collection and swaps the alias when it is ready."""
+
+    chunk_size: int = settings.value("CHUNK_SIZE")
+    chunk_overlap: int = settings.value("CHUNK_OVERLAP")
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python", "parquet"},
+    owners=OWNERS,
+    code_version=f"chunker-{CHUNKER_VERSION}",
+    io_manager_key="table_io_manager",
+)
+def document_chunks(
+    context: dg.AssetExecutionContext,
+    config: ChunkingConfig,
+    embedding_model: EmbeddingModelResource,
+    raw_documents: ParquetTable,
+) -> dg.Output[ParquetTable]:
+    """Documents cut into chunks the embedding model reads whole, with deterministic ids.
+
+    Chunks are measured with the model's own tokenizer and never exceed its sequence length; cuts
+    prefer headings, then paragraphs, then sentences. A chunk's id is uuid5(document id, chunk index,
+    chunk content hash), so unchanged text keeps its id across runs. Documents whose content hash is
+    unchanged since the last run reuse their chunks without tokenizing again.
+    """
+    started = time.perf_counter()
+    settings = ChunkingSettings(chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap)
+    settings.validate(embedding_model.max_content_tokens)
+    fingerprint = f"{settings.fingerprint()}:{embedding_model.name}"
+
+    current = dict(
+        zip(
+            *(c.to_pylist() for c in raw_documents.read_columns(["doc_id", "content_hash"]).columns),
+            strict=True,
+        )
+    )
+    writer = TableWriter(staging_path(context, "document_chunks"), CHUNK_SCHEMA)
+    reused_docs: set[str] = set()
+    previous = latest_table(context.asset_key)
+    try:
+        if previous is not None and previous.attrs.get("fingerprint") == fingerprint:
+            for batch in previous.iter_batches():
+                rows = batch.to_pylist()
+                for row in rows:
+                    if current.get(row["doc_id"]) == row["doc_hash"]:
+                        writer.write(row)
+                        reused_docs.add(row["doc_id"])
+        to_chunk = len(current) - len(reused_docs)
+        progress = Progress("chunking", to_chunk, context.log.info, unit="documents")
+        tokenizer = embedding_model.tokenizer() if to_chunk else None
+        for batch in raw_documents.iter_batches(batch_size=512):
+            docs = [d for d in batch.to_pylist() if d["doc_id"] not in reused_docs]
+            if not docs:
+                continue
+            for doc, chunks in zip(docs, chunk_texts([d["text"] for d in docs], tokenizer, settings), strict=True):
+                for chunk in chunks:
+                    writer.write(
+                        {
+                            "chunk_id": chunk_id(doc["doc_id"], chunk.index, chunk.chunk_hash),
+                            "doc_id": doc["doc_id"],
+                            "source": doc["source"],
+                            "uri": doc["uri"],
+                            "title": doc["title"],
+                            "chunk_index": chunk.index,
+                            "chunk_hash": chunk.chunk_hash,
+                            "doc_hash": doc["content_hash"],
+                            "token_count": chunk.token_count,
+                            "text": chunk.text,
+                        }
+                    )
+            progress.advance(len(docs))
+    except BaseException:
+        writer.abort()
+        raise
+    attrs = {"fingerprint": fingerprint, "chunking_fingerprint": settings.fingerprint(), **raw_documents.attrs}
+    table = writer.close(attrs=attrs)
+    tokens = table.read_columns(["token_count"]).column("token_count").to_pylist()
+    return dg.Output(
+        table,
+        metadata={
+            "documents": len(current),
+            "documents_rechunked": len(current) - len(reused_docs),
+            "documents_reused": len(reused_docs),
+            "chunks": table.num_rows,
+            "tokens": sum(tokens),
+            "mean_tokens_per_chunk": round(sum(tokens) / len(tokens), 1) if tokens else 0.0,
+            "max_tokens_per_chunk": max(tokens, default=0),
+            "chunk_size": settings.chunk_size,
+            "chunk_overlap": settings.chunk_overlap,
+            "model_max_content_tokens": embedding_model.max_content_tokens,
+            "duration_s": round(time.perf_counter() - started, 3),
+        },
+        data_version=dg.DataVersion(
+            index_data_version(table.read_columns(["chunk_id"]).column("chunk_id").to_pylist())
+        ),
+    )
+
+
+class EmbeddingsConfig(dg.Config):
+    upsert_batch_size: int = 256
+    # Chunks read from disk and encoded per window: bounds memory, and the model sorts each window by
+    # length so padding stays low.
+    encode_window: int = 2048
+    # After an alias swap, keep the collection it replaced (for instant rollback) instead of dropping
+    # it. Embedded Qdrant loads every collection in its folder at open, so the default drops it.
+    keep_previous_collection: bool = False
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"qdrant", "pytorch"},
+    owners=OWNERS,
+    code_version="1",
+    pool="qdrant",
+)
+def document_embeddings(
+    context: dg.AssetExecutionContext,
+    config: EmbeddingsConfig,
+    qdrant: QdrantResource,
+    embedding_model: EmbeddingModelResource,
+    document_chunks: ParquetTable,
+) -> dg.MaterializeResult:
+    """The searchable knowledge base: one Qdrant point per chunk, reached through the alias.
+
+    Only chunks the collection lacks are embedded; points of changed and removed documents are deleted
+    after their replacements are written, so the collection always converges to exactly the current
+    sources. A new model or chunking setting builds a fresh collection and swaps the alias atomically
+    once it is complete, so search never sees a half-built index.
+    """
+    started = time.perf_counter()
+    fingerprint = collection_fingerprint(embedding_model.identity, document_chunks.attrs["chunking_fingerprint"])
+    target = collection_name(qdrant.alias, fingerprint)
+    client = qdrant.get_client(context.log)
+    serving = qdrant.alias_target()
+    qdrant.ensure_collection(target, embedding_model.dimension)
+    if serving != target:
+        context.log.info(
+            f"Building collection {target}; alias '{qdrant.alias}' stays on {serving} until it is complete"
+        )
+
+    existing = scan_points(client, target)
+    columns = document_chunks.read_columns(["chunk_id", "doc_id", "chunk_hash"]).columns
+    desired = {
+        cid: DesiredChunk(doc, h)
+        for cid, doc, h in zip(*(c.to_pylist() for c in columns), strict=True)
+    }
+    plan = plan_sync(
+        desired,
+        existing,
+        document_chunks.attrs.get("unavailable_sources", []),
+        document_chunks.attrs.get("unreadable_doc_ids", []),
+    )
+    context.log.info(
+        f"{target}: {len(plan.new_ids)} chunks to write, {len(plan.stale_ids)} stale to delete, "
+        f"{plan.unchanged_chunks} unchanged, {plan.preserved} kept from unreadable sources"
+    )
+    stats = apply_sync(
+        client,
+        target,
+        plan,
+        document_chunks,
+        existing,
+        embedding_model.encode,
+        context.log.info,
+        upsert_batch=config.upsert_batch_size,
+        window=config.encode_window,
+    )
+    dropped: list[str] = []
+    if serving != target:
+        qdrant.point_alias_at(target)
+        context.log.info(f"Alias '{qdrant.alias}' now points at {target} (was {serving})")
+        dropped = _drop_superseded(qdrant, target, serving, config.keep_previous_collection)
+
+    points = client.count(target, exact=True).count
+    return dg.MaterializeResult(
+        metadata={
+            "documents_added": plan.documents_added,
+            "documents_changed": plan.documents_changed,
+            "documents_removed": plan.documents_removed,
+            "documents_unchanged": plan.documents_unchanged,
+            "chunks_embedded": stats.embedded,
+            "chunks_reused": stats.reused,
+            "chunks_skipped": plan.unchanged_chunks,
+            "chunks_deleted": stats.deleted,
+            "points_preserved": plan.preserved,
+            "points_repaired": plan.repaired,
+            "point_count": points,
+            "collection": target,
+            "alias": qdrant.alias,
+            "alias_swapped": serving != target,
+            "collections_dropped": ", ".join(dropped) or "none",
+            "qdrant": qdrant.location if qdrant.is_local else "server",
+            "model": embedding_model.name,
+            "dimension": embedding_model.dimension,
+            "encode_s": round(stats.encode_s, 3),
+            "write_s": round(stats.write_s, 3),
+            "embedding_throughput_chunks_per_s": round(stats.embedded / stats.encode_s, 1)
+            if stats.encode_s
+            else 0.0,
+            "duration_s": round(time.perf_counter() - started, 3),
+        },
+        data_version=dg.DataVersion(index_data_version(plan.final_ids)),
+    )
+
+
+def _drop_superseded(qdrant: QdrantResource, target: str, previous: str | None, keep_previous: bool) -> list[str]:
+    """Delete this alias's older collections, except the one just replaced when `keep_previous`."""
+    client = qdrant.get_client()
+    names = [c.name for c in client.get_collections().collections]
+    ours = [n for n in names if n.startswith(f"{qdrant.alias}-") and n != target]
+    kept = {previous} if keep_previous and previous else set()
+    dropped = [n for n in ours if n not in kept]
+    for name in dropped:
+        client.delete_collection(name)
+    return dropped

@@ -1,0 +1,211 @@
+"""Checks on the chunk table and the Qdrant index; they run with every materialization."""
+
+import hashlib
+import json
+from collections import Counter
+
+import dagster as dg
+import numpy as np
+
+from ai_assets.defs.ingestion.assets import document_chunks, document_embeddings
+from ai_assets.lib.ingestion.vector_index import collection_fingerprint, collection_name, index_data_version, scan_points
+from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.qdrant import QdrantResource
+from ai_assets.lib.tables import ParquetTable, data_dir
+
+
+@dg.asset_check(asset=document_chunks, blocking=True)
+def chunk_ids_unique(document_chunks: ParquetTable) -> dg.AssetCheckResult:
+    """Every chunk id appears once. A duplicate would make two chunks overwrite one point in Qdrant,
+    so a failure blocks the index from being updated."""
+    counts = Counter(document_chunks.read_columns(["chunk_id"]).column("chunk_id").to_pylist())
+    duplicates = {cid: n for cid, n in counts.items() if n > 1}
+    return dg.AssetCheckResult(
+        passed=not duplicates,
+        metadata={
+            "chunks": document_chunks.num_rows,
+            "duplicate_ids": len(duplicates),
+            "examples": ", ".join(list(duplicates)[:5]) or "none",
+        },
+    )
+
+
+@dg.asset_check(asset=document_chunks, blocking=True)
+def chunks_not_empty(
+    document_chunks: ParquetTable, embedding_model: EmbeddingModelResource
+) -> dg.AssetCheckResult:
+    """No chunk is empty and none exceeds what the model reads: an empty chunk wastes a vector and
+    matches everything poorly; an over-long one is silently truncated, so its tail is unsearchable."""
+    empty, too_long, examples = 0, 0, []
+    limit = embedding_model.max_content_tokens
+    for row in document_chunks.iter_rows(columns=["chunk_id", "doc_id", "text", "token_count"]):
+        if not row["text"].strip() or row["token_count"] == 0:
+            empty += 1
+            examples.append(f"{row['doc_id']} (empty)")
+        elif row["token_count"] > limit:
+            too_long += 1
+            examples.append(f"{row['doc_id']} ({row['token_count']} tokens)")
+    return dg.AssetCheckResult(
+        passed=empty == 0 and too_long == 0,
+        metadata={
+            "empty_chunks": empty,
+            "chunks_over_model_limit": too_long,
+            "model_max_content_tokens": limit,
+            "examples": ", ".join(examples[:5]) or "none",
+        },
+    )
+
+
+INDEX_CHECKS = [
+    dg.AssetCheckSpec(
+        "point_count_matches_chunks",
+        asset=document_embeddings,
+        additional_deps=[document_chunks],
+        blocking=True,
+        description="The collection holds exactly the current chunks (plus those kept for unreadable "
+        "sources): nothing missing, nothing stale. A failure means search returns outdated or "
+        "incomplete results.",
+    ),
+    dg.AssetCheckSpec(
+        "vector_dimension_matches_model",
+        asset=document_embeddings,
+        additional_deps=[document_chunks],
+        blocking=True,
+        description="The collection's vector size equals the embedding model's. A mismatch means "
+        "queries cannot be answered at all.",
+    ),
+    dg.AssetCheckSpec(
+        "smoke_retrieval",
+        asset=document_embeddings,
+        additional_deps=[document_chunks],
+        blocking=True,
+        description="A known chunk's text, embedded now and searched through the alias, finds that "
+        "chunk first. A failure means the alias, the vectors or the model are out of step.",
+    ),
+]
+
+
+@dg.multi_asset_check(
+    specs=INDEX_CHECKS,
+    ins={"document_chunks": dg.AssetIn("document_chunks")},
+    can_subset=True,
+    pool="qdrant",
+)
+def index_checks(
+    context: dg.AssetCheckExecutionContext,
+    qdrant: QdrantResource,
+    embedding_model: EmbeddingModelResource,
+    document_chunks: ParquetTable,
+):
+    """Checks that read the Qdrant index. They run in one step because embedded Qdrant serves one
+    process at a time."""
+    client = qdrant.get_client(context.log)
+    collection = collection_name(
+        qdrant.alias,
+        collection_fingerprint(embedding_model.identity, document_chunks.attrs["chunking_fingerprint"]),
+    )
+    if not client.collection_exists(collection):
+        for spec in INDEX_CHECKS:
+            if spec.key in context.selected_asset_check_keys:
+                yield dg.AssetCheckResult(
+                    check_name=spec.name,
+                    passed=False,
+                    metadata={"collection": collection, "problem": "collection does not exist"},
+                )
+        return
+    selected = {key.name for key in context.selected_asset_check_keys}
+    columns = document_chunks.read_columns(["chunk_id", "chunk_hash"]).columns
+    chunk_ids, chunk_hashes = (c.to_pylist() for c in columns)
+
+    if "point_count_matches_chunks" in selected:
+        yield _point_count(client, collection, set(chunk_ids), document_chunks)
+    if "vector_dimension_matches_model" in selected:
+        size = client.get_collection(collection).config.params.vectors.size  # type: ignore[union-attr]
+        yield dg.AssetCheckResult(
+            check_name="vector_dimension_matches_model",
+            passed=size == embedding_model.dimension,
+            metadata={"collection_dimension": size, "model_dimension": embedding_model.dimension},
+        )
+    if "smoke_retrieval" in selected:
+        yield _smoke_retrieval(qdrant, embedding_model, collection, document_chunks, chunk_ids, chunk_hashes)
+
+
+def _point_count(client, collection: str, chunk_ids: set[str], chunks: ParquetTable) -> dg.AssetCheckResult:
+    points = scan_points(client, collection)
+    unavailable = set(chunks.attrs.get("unavailable_sources", []))
+    unreadable = set(chunks.attrs.get("unreadable_doc_ids", []))
+    preserved = {
+        pid for pid, p in points.items() if pid not in chunk_ids and (p.source in unavailable or p.doc_id in unreadable)
+    }
+    missing = chunk_ids - points.keys()
+    stale = points.keys() - chunk_ids - preserved
+    return dg.AssetCheckResult(
+        check_name="point_count_matches_chunks",
+        passed=not missing and not stale,
+        metadata={
+            "point_count": len(points),
+            "chunk_count": len(chunk_ids),
+            "points_preserved": len(preserved),
+            "missing_points": len(missing),
+            "stale_points": len(stale),
+        },
+    )
+
+
+def _smoke_retrieval(
+    qdrant: QdrantResource,
+    embedding_model: EmbeddingModelResource,
+    collection: str,
+    chunks: ParquetTable,
+    chunk_ids: list[str],
+    chunk_hashes: list[str],
+) -> dg.AssetCheckResult:
+    hash_counts = Counter(chunk_hashes)
+    candidates = sorted(cid for cid, h in zip(chunk_ids, chunk_hashes, strict=True) if hash_counts[h] == 1)
+    if not candidates:
+        return dg.AssetCheckResult(
+            check_name="smoke_retrieval", passed=False, metadata={"problem": "no chunk with unique text to probe"}
+        )
+    probe = candidates[0]
+    stored = qdrant.get_client().retrieve(collection, ids=[probe], with_vectors=True, with_payload=False)
+    # Rounded: the embedded store re-normalises vectors when it reloads them, changing the last bits.
+    stored_vector = (
+        hashlib.sha256(np.round(np.asarray(stored[0].vector, dtype=np.float32), 4).tobytes()).hexdigest()
+        if stored
+        else "missing"
+    )
+    # The outcome is a pure function of (indexed ids, model, probe text, the probe's stored vector):
+    # when none changed since a passing probe, the torch import and model load (seconds) buy nothing.
+    key = {
+        "collection": collection,
+        "index_version": index_data_version(chunk_ids),
+        "model": embedding_model.identity,
+        "probe": probe,
+        "stored_vector": stored_vector,
+    }
+    cache = data_dir() / "cache" / "smoke_retrieval.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return dg.AssetCheckResult(
+                check_name="smoke_retrieval",
+                passed=True,
+                metadata={**cached["metadata"], "verified_this_run": False},
+            )
+    text = next(r["text"] for r in chunks.iter_rows(columns=["chunk_id", "text"]) if r["chunk_id"] == probe)
+    vector = embedding_model.encode([text])[0].tolist()
+    hits = qdrant.get_client().query_points(qdrant.alias, query=vector, limit=3).points
+    top = str(hits[0].id) if hits else None
+    metadata = {
+        "probe_chunk_id": probe,
+        "top_hit": top or "none",
+        "top_score": float(hits[0].score) if hits else 0.0,
+        "searched": qdrant.alias,
+    }
+    passed = top == probe
+    if passed:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "metadata": metadata}))
+    return dg.AssetCheckResult(
+        check_name="smoke_retrieval", passed=passed, metadata={**metadata, "verified_this_run": True}
+    )

@@ -1,1 +1,0 @@
-"""RAG ingestion: sources -> chunks -> embeddings -> Qdrant, kept exactly in sync."""

@@ -1,0 +1,60 @@
+"""What a batch cost and how it went: pure summaries of output rows, for metadata and checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ai_assets.lib.llm.items import OutputRow
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """US dollars per million tokens."""
+
+    prompt_per_million: float
+    completion_per_million: float
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def estimated_cost(rows: Sequence[OutputRow], prices: Mapping[str, ModelPrice]) -> tuple[float, list[str]]:
+    """Dollars for the rows' tokens, and the models that had no price (counted as free)."""
+    total, unpriced = 0.0, set()
+    for row in rows:
+        price = prices.get(row.model or "")
+        if price is None:
+            if row.prompt_tokens or row.completion_tokens:
+                unpriced.add(row.model or "unknown")
+            continue
+        total += row.prompt_tokens * price.prompt_per_million / 1e6
+        total += row.completion_tokens * price.completion_per_million / 1e6
+    return total, sorted(unpriced)
+
+
+def error_rate(rows: Sequence[OutputRow]) -> float:
+    return sum(1 for r in rows if not r.succeeded) / len(rows) if rows else 0.0
+
+
+def preview_markdown(rows: Sequence[OutputRow], limit: int = 5, width: int = 160) -> str:
+    """A few outputs (and the first errors) as a table a person can skim in the UI."""
+
+    def cell(text: str | None) -> str:
+        text = (text or "").replace("\n", " ").replace("|", "\\|")
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    shown = [r for r in rows if r.succeeded][:limit] + [r for r in rows if not r.succeeded][:limit]
+    lines = ["| id | output or error | tokens (in/out) | attempts |", "|---|---|---|---|"]
+    for r in shown:
+        body = cell(r.output) if r.succeeded else f"**error:** {cell(r.error)}"
+        lines.append(f"| {cell(r.id)} | {body} | {r.prompt_tokens}/{r.completion_tokens} | {r.attempts} |")
+    return "\n".join(lines)

@@ -1,0 +1,324 @@
+"""Every deployment setting of the code location: its environment variable, default and valid values.
+
+One registry (`SETTINGS`) instead of `os.environ` reads scattered over the package, so that a bad value
+is caught when the code location loads, with a message that names the variable, shows its value (a
+secret's only by length) and says what a valid one looks like; and so that every setting is listed in
+one place for the README and the tests. An empty variable counts as unset: its default applies.
+
+The first read of any setting validates them all and reports every invalid one at once, so a user fixes
+a broken environment in one round instead of one variable per load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SettingError(ValueError):
+    """One or more settings hold invalid values; each problem names the variable and its value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = f"Invalid setting: {self.problems[0]}"
+        else:
+            names = ", ".join(problem.split("=", 1)[0] for problem in self.problems)
+            message = f"Invalid settings {names}:\n" + "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(message)
+
+
+class _Invalid(ValueError):
+    """Raised by a parser with the reason only; `SettingError` adds the variable and the value."""
+
+
+Parser = Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: `parse` turns its text into the value or raises `_Invalid`.
+
+    `env_kind` says how a resource field receives it: "str" and "int" through `dg.EnvVar` /
+    `dg.EnvVar.int` (read again when a run starts), "literal" as the parsed value, because Dagster 1.13
+    has no environment-variable source for float fields and a bool needs our parsing, not Dagster's.
+    """
+
+    name: str
+    default: Any
+    parse: Parser
+    expected: str
+    env_kind: str = "literal"
+    secret: bool = False
+
+
+# --- parsers ---------------------------------------------------------------------------------------
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Parser:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise _Invalid("not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise _Invalid("out of range")
+        return value
+
+    return parse
+
+
+def _number(minimum: float, *, exclusive: bool = False, maximum: float | None = None) -> Parser:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise _Invalid("not a number") from None
+        if not math.isfinite(value):
+            raise _Invalid("not a finite number")
+        if value < minimum or (exclusive and value == minimum) or (maximum is not None and value > maximum):
+            raise _Invalid("out of range")
+        return value
+
+    return parse
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _Invalid("not a boolean")
+
+
+def _text(text: str) -> str:
+    if any(ord(c) < 32 and c not in "\t\n" for c in text):
+        raise _Invalid("contains control characters")
+    return text
+
+
+def _token(text: str) -> str:
+    """Model names, keys, ids: a stray space or newline (a copy-paste accident) breaks HTTP headers."""
+    for position, char in enumerate(text, start=1):
+        if char.isspace() or ord(char) < 32:
+            raise _Invalid(f"contains whitespace or a control character at position {position}")
+    return text
+
+
+def _url(text: str) -> str:
+    _token(text)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise _Invalid("not an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise _Invalid("its port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise _Invalid("the URL has no host")
+    return text
+
+
+def _folder(text: str) -> Path:
+    # Returned unresolved: a relative folder is resolved by its user against the current folder, each
+    # time, as before this module existed.
+    _text(text)
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise _Invalid("exists and is not a folder")
+    return path
+
+
+_QDRANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+
+
+def _qdrant_name(text: str) -> str:
+    if not _QDRANT_NAME.fullmatch(text):
+        raise _Invalid("not a valid Qdrant alias")
+    return text
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|xla|mtia|ipu)(:\d+)?")
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.fullmatch(text):
+        raise _Invalid("not a torch device")
+    return text
+
+
+def _timezone(text: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _Invalid("not an IANA timezone") from None
+    return text
+
+
+def _sources(text: str) -> str:
+    from ai_assets.lib.ingestion.sources import parse_source_specs
+
+    try:
+        parse_source_specs(text)
+    except ValueError as err:
+        raise _Invalid(str(err)) from None
+    return text
+
+
+def _thresholds(text: str) -> dict[str, float]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _Invalid(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()
+    ):
+        raise _Invalid("not a JSON object of metric -> number")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+DEFAULT_THRESHOLDS = {"ndcg_at_10": 0.5, "recall_at_10": 0.7, "mrr_at_10": 0.45, "hit_rate_at_5": 0.7}
+
+_WHOLE = "a whole number"
+_SECONDS = "a number of seconds > 0, e.g. 30"
+
+# --- the registry ----------------------------------------------------------------------------------
+
+_ALL = [
+    # Storage and sources
+    Setting("AI_ASSETS_DATA_DIR", ".data", _folder, "a folder (created when missing)"),
+    Setting("AI_ASSETS_SOURCES", "", _sources, "comma/newline separated name=location or location", "str"),
+    Setting("HTTP_TIMEOUT_S", 10.0, _number(0, exclusive=True), _SECONDS),
+    Setting("HTTP_MAX_BYTES", 5_000_000, _integer(1), f"{_WHOLE} of bytes >= 1", "int"),
+    Setting("LOCAL_MAX_FILE_BYTES", 20_000_000, _integer(1), f"{_WHOLE} of bytes >= 1", "int"),
+    Setting("AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS", False, _boolean, "true/false, 1/0, yes/no or on/off"),
+    # Qdrant
+    Setting("QDRANT_URL", None, _url, "an http(s) URL of a Qdrant server, e.g. http://qdrant:6333", "str"),
+    Setting("QDRANT_API_KEY", None, _token, "the server's API key, without spaces", "str", secret=True),
+    Setting("QDRANT_PATH", None, _folder, "a folder for the embedded Qdrant", "str"),
+    Setting("QDRANT_ALIAS", "knowledge-base", _qdrant_name, "letters, digits, '.', '_', '-'", "str"),
+    # Embeddings and chunking
+    Setting("EMBEDDING_MODEL", "", _text, "a local model folder or a hub name in the local HF cache", "str"),
+    Setting("EMBEDDING_DEVICE", "cpu", _device, "cpu, cuda, cuda:N, mps, xpu, ...", "str"),
+    Setting("EMBEDDING_BATCH_SIZE", 64, _integer(1), f"{_WHOLE} >= 1", "int"),
+    Setting("EMBEDDING_THREADS", 0, _integer(0), f"{_WHOLE} >= 0 (0: all cores)", "int"),
+    Setting("CHUNK_SIZE", 200, _integer(1), f"{_WHOLE} of tokens >= 1"),
+    Setting("CHUNK_OVERLAP", 32, _integer(0), f"{_WHOLE} of tokens >= 0, below CHUNK_SIZE"),
+    Setting("AI_ASSETS_TIMEZONE", "UTC", _timezone, "an IANA timezone, e.g. Europe/Paris"),
+    # The LLM
+    Setting("OPENAI_BASE_URL", None, _url, "an http(s) URL, e.g. http://vllm:8000/v1", "str"),
+    Setting("OPENAI_API_KEY", None, _token, "the provider's API key, without spaces", "str", secret=True),
+    Setting("OPENAI_ORG_ID", None, _token, "an organization id, without spaces", "str"),
+    Setting("OPENAI_PROJECT_ID", None, _token, "a project id, without spaces", "str"),
+    Setting("OPENAI_MODEL", "", _token, "a model name, without spaces", "str"),
+    Setting("OPENAI_TIMEOUT_S", 120.0, _number(0, exclusive=True), _SECONDS),
+    Setting("OPENAI_MAX_IN_FLIGHT", 16, _integer(1), f"{_WHOLE} >= 1", "int"),
+    Setting("OPENAI_MAX_ATTEMPTS", 6, _integer(1), f"{_WHOLE} >= 1", "int"),
+    Setting("OPENAI_REQUESTS_PER_MINUTE", None, _number(0, exclusive=True), "a number > 0"),
+    Setting("OPENAI_TOKENS_PER_MINUTE", None, _number(0, exclusive=True), "a number > 0"),
+    # Batch inference
+    Setting("INFERENCE_MAX_PROMPT_CHARS", 200_000, _integer(1), f"{_WHOLE} >= 1"),
+    Setting("INFERENCE_MAX_ERROR_RATE", 0.01, _number(0, maximum=1), "a fraction from 0 to 1, e.g. 0.01"),
+    Setting("AI_ASSETS_INFERENCE_INBOX", None, _folder, "a folder (created when missing)"),
+    # RAG evaluation
+    # Existence is checked when the evaluation runs (naming the path): a missing evaluation set must not
+    # stop the whole code location, ingestion included, from loading.
+    Setting("RAG_EVAL_SET", "", _text, "a .jsonl file or BEIR folder"),
+    Setting("RAG_EVAL_DOC_ID_PREFIX", "", _text, "a document id prefix, e.g. scifact#"),
+    Setting("RAG_EVAL_SYNTHESIZE", 0, _integer(0), f"{_WHOLE} of questions >= 0"),
+    Setting("RAG_EVAL_MAX_ANSWERED", 30, _integer(0), f"{_WHOLE} of questions >= 0"),
+    Setting("RAG_THRESHOLDS", DEFAULT_THRESHOLDS, _thresholds, 'a JSON object, e.g. {"ndcg_at_10": 0.6}'),
+    Setting("RAG_REGRESSION_TOLERANCE", 0.02, _number(0), "a number >= 0, e.g. 0.02"),
+    Setting("RAGAS_JUDGE_BASE_URL", "", _url, "an http(s) URL of an OpenAI-compatible API"),
+    Setting("RAGAS_JUDGE_MODEL", "", _token, "a model name, without spaces"),
+    Setting("RAGAS_JUDGE_API_KEY", None, _token, "the judge's API key, without spaces", secret=True),
+]
+
+SETTINGS: Mapping[str, Setting] = {setting.name: setting for setting in _ALL}
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _shown(setting: Setting, raw: str) -> str:
+    # A secret's value never reaches a log, the UI or an exception; its length tells a truncated paste.
+    return f"(hidden, {len(raw)} characters)" if setting.secret else repr(raw)
+
+
+def _describe(setting: Setting, raw: str, reason: str) -> str:
+    default = "unset" if setting.default in (None, "") else repr(setting.default)
+    return (
+        f"{setting.name}={_shown(setting, raw)}: {reason}; expected {setting.expected} "
+        f"(or unset it for the default, {default})"
+    )
+
+
+def problems(environ: Mapping[str, str]) -> tuple[list[str], dict[str, Any]]:
+    """Every invalid setting in `environ`, described, and the parsed values of the valid set ones."""
+    found, values = [], {}
+    for setting in _ALL:
+        raw = environ.get(setting.name, "")
+        if not raw:
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except _Invalid as err:
+            found.append(_describe(setting, raw, str(err)))
+    size = values.get("CHUNK_SIZE", SETTINGS["CHUNK_SIZE"].default)
+    overlap = values.get("CHUNK_OVERLAP")
+    if overlap is not None and overlap >= size:
+        found.append(
+            _describe(SETTINGS["CHUNK_OVERLAP"], environ["CHUNK_OVERLAP"], f"not below CHUNK_SIZE ({size})")
+        )
+    return found, values
+
+
+_cache: tuple[tuple[str, ...], dict[str, Any]] | None = None
+
+
+def _parsed() -> dict[str, Any]:
+    """Parsed values of the set settings; raises `SettingError` naming every invalid one."""
+    global _cache
+    snapshot = tuple(os.environ.get(setting.name, "") for setting in _ALL)
+    if _cache is None or _cache[0] != snapshot:
+        found, values = problems(os.environ)
+        if found:
+            raise SettingError(found)
+        _cache = (snapshot, values)
+    return _cache[1]
+
+
+def check_environment() -> None:
+    """Raise `SettingError` naming every invalid setting of this process's environment."""
+    _parsed()
+
+
+def is_set(name: str) -> bool:
+    """Whether the variable holds a value (an empty variable counts as unset)."""
+    _require(name)
+    return bool(os.environ.get(name))
+
+
+def value(name: str) -> Any:
+    """The setting's value: parsed from its variable when set, its default otherwise."""
+    setting = _require(name)
+    return _parsed().get(name, setting.default)
+
+
+def _require(name: str) -> Setting:
+    if name not in SETTINGS:
+        raise KeyError(f"{name} is not a registered setting of ai_assets.lib.settings")
+    return SETTINGS[name]

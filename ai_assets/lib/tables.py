@@ -1,0 +1,197 @@
+"""Where intermediate data lives: streamed Parquet tables behind an IO manager.
+
+Assets between sources and the vector store can hold 100k+ documents, so nothing here is one pickled
+list: an asset streams rows into a staged Parquet file (`TableWriter`), returns the small `ParquetTable`
+handle, and `ParquetTableIOManager` moves the file into place and hands downstream assets the same
+handle, which they read back batch by batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ai_assets.lib import settings
+
+
+def data_dir() -> Path:
+    """The project's data folder (Qdrant files, tables, caches): `AI_ASSETS_DATA_DIR`; by default
+    `.data` inside `DAGSTER_HOME` (the instance's folder), else inside the current folder.
+
+    Anchored to DAGSTER_HOME so that a command started from another folder, the code server and the
+    run workers of one instance all find the same data, as they find the same run storage.
+    """
+    configured = os.environ.get("AI_ASSETS_DATA_DIR", "").strip()
+    if configured:
+        return Path(settings.value("AI_ASSETS_DATA_DIR")).expanduser().resolve()
+    home = os.environ.get("DAGSTER_HOME", "").strip()
+    return (Path(home).expanduser() / ".data").resolve() if home else Path(".data").resolve()
+
+
+@dataclass(frozen=True)
+class ParquetTable:
+    """A handle on a Parquet file: what assets pass to each other instead of the rows themselves."""
+
+    path: Path
+    num_rows: int
+    # Small facts about how the rows were made (settings fingerprints, failed sources), as JSON values.
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, batch_size: int = 8192
+    ) -> Iterator[pa.RecordBatch]:
+        if self.num_rows == 0:
+            return
+        yield from pq.ParquetFile(self.path).iter_batches(
+            batch_size=batch_size, columns=list(columns) if columns else None
+        )
+
+    def iter_rows(
+        self, columns: Sequence[str] | None = None, batch_size: int = 8192
+    ) -> Iterator[dict[str, Any]]:
+        for batch in self.iter_batches(columns, batch_size):
+            yield from batch.to_pylist()
+
+    def read_columns(self, columns: Sequence[str]) -> pa.Table:
+        """Whole columns at once: only for narrow columns (ids, hashes), never for text."""
+        if self.num_rows == 0:
+            return pa.table({c: pa.array([], type=pa.string()) for c in columns})
+        return pq.read_table(self.path, columns=list(columns))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "num_rows": self.num_rows, "attrs": dict(self.attrs)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ParquetTable:
+        return cls(Path(data["path"]), int(data["num_rows"]), dict(data.get("attrs", {})))
+
+
+class TableWriter:
+    """Streams rows into a Parquet file in row groups, so memory stays bounded by one buffer."""
+
+    def __init__(self, path: Path, schema: pa.Schema, rows_per_group: int = 4096):
+        self.path = path
+        self.schema = schema
+        self.rows_per_group = rows_per_group
+        self._buffer: list[dict[str, Any]] = []
+        self._num_rows = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.rows_per_group:
+            self._flush()
+
+    def write_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            self._num_rows += len(self._buffer)
+            self._buffer = []
+
+    def close(self, attrs: Mapping[str, Any] | None = None) -> ParquetTable:
+        self._flush()
+        self._writer.close()
+        return ParquetTable(self.path, self._num_rows, dict(attrs or {}))
+
+    def abort(self) -> None:
+        self._writer.close()
+        self.path.unlink(missing_ok=True)
+
+
+def staging_path(context: dg.AssetExecutionContext, name: str) -> Path:
+    """A private file for this run's output; the IO manager moves it to its final place."""
+    return data_dir() / "staging" / context.run.run_id / f"{name}.parquet"
+
+
+def _asset_dir(base_dir: Path, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
+    folder = base_dir.joinpath(*asset_key.path)
+    return folder / partition_key if partition_key else folder
+
+
+def latest_table(
+    asset_key: dg.AssetKey, base_dir: Path | None = None, partition_key: str | None = None
+) -> ParquetTable | None:
+    """The most recent stored output of an asset, or None before its first materialization."""
+    pointer = _asset_dir(base_dir or data_dir() / "tables", asset_key, partition_key) / "latest.json"
+    if not pointer.exists():
+        return None
+    table = ParquetTable.from_json(json.loads(pointer.read_text()))
+    return table if table.path.exists() else None
+
+
+class ParquetTableIOManager(dg.ConfigurableIOManager):
+    """Stores `ParquetTable` outputs under `base_dir/<asset key>[/<partition>]/<run id>.parquet`.
+
+    A `latest.json` pointer names the current file; it is replaced atomically, so a reader never sees a
+    half-written table. The previous `keep` files stay for runs still reading them, then are pruned.
+    """
+
+    base_dir: str = ""
+    keep: int = 2
+
+    def _base(self) -> Path:
+        return Path(self.base_dir).resolve() if self.base_dir else data_dir() / "tables"
+
+    def handle_output(self, context: dg.OutputContext, obj: ParquetTable) -> None:
+        if not isinstance(obj, ParquetTable):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} returned {type(obj).__name__}; "
+                "ParquetTableIOManager stores ParquetTable handles"
+            )
+        partition = context.partition_key if context.has_partition_key else None
+        folder = _asset_dir(self._base(), context.asset_key, partition)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{context.run_id}.parquet"
+        if obj.path.resolve() != final:
+            shutil.move(str(obj.path), final)
+            _remove_empty_parents(obj.path.parent)
+        stored = ParquetTable(final, obj.num_rows, obj.attrs)
+        tmp = folder / "latest.json.tmp"
+        tmp.write_text(json.dumps(stored.to_json()))
+        os.replace(tmp, folder / "latest.json")
+        self._prune(folder, keep=final)
+        context.add_output_metadata(
+            {
+                "rows": dg.MetadataValue.int(stored.num_rows),
+                "path": dg.MetadataValue.path(str(final)),
+                "size_bytes": dg.MetadataValue.int(final.stat().st_size),
+            }
+        )
+
+    def _prune(self, folder: Path, keep: Path) -> None:
+        files = sorted(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in [f for f in files if f != keep][max(self.keep - 1, 0) :]:
+            old.unlink(missing_ok=True)
+
+    def load_input(self, context: dg.InputContext) -> ParquetTable:
+        upstream = context.upstream_output
+        assert upstream is not None and upstream.asset_key is not None
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        table = latest_table(upstream.asset_key, self._base(), partition)
+        if table is None:
+            raise FileNotFoundError(
+                f"No stored table for {upstream.asset_key.to_user_string()} under {self._base()}: "
+                "materialize it first"
+            )
+        return table
+
+
+def _remove_empty_parents(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
