@@ -7,7 +7,8 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from ai_assets.lib.tables import ParquetTable, ParquetTableIOManager, TableWriter, latest_table, staging_path
+from ai_assets.lib.tables import ParquetTable, TableWriter, latest_table
+from ai_assets.resources.io_manager import ParquetTableIOManager, staging_path
 
 SCHEMA = pa.schema([("n", pa.int64()), ("text", pa.string())])
 

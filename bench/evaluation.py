@@ -45,10 +45,11 @@ def run(args: argparse.Namespace) -> None:
     from ai_assets.lib.evaluation.eval_set import load_eval_set
     from ai_assets.lib.evaluation.retrieval import search_documents
     from ai_assets.resources.embeddings import EmbeddingModelResource
-    from ai_assets.resources.llm import OpenAIResource
+    from ai_assets.resources.llm import LLMResource
     from ai_assets.resources.qdrant import QdrantResource
     from ai_assets.resources.sources import DocumentSourcesResource
-    from ai_assets.lib.tables import ParquetTableIOManager, data_dir
+    from ai_assets.lib.tables import data_dir
+    from ai_assets.resources.io_manager import ParquetTableIOManager
 
     ingestion, evaluation = domain_defs("ingestion"), domain_defs("evaluation")
     model = EmbeddingModelResource()
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
             "embedding_model": model,
             "document_sources": DocumentSourcesResource(sources=f"scifact={SCIFACT / 'corpus.jsonl'}"),
             "table_io_manager": ParquetTableIOManager(),
-            "llm": OpenAIResource(),  # not called: answers are off, retrieval is what is measured
+            "llm": LLMResource(),  # not called: answers are off, retrieval is what is measured
         },
     )
     instance = dg.DagsterInstance.ephemeral()

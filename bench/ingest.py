@@ -91,7 +91,7 @@ def job_runner(sources: str, model, chunk_size: int = 200, chunk_overlap: int = 
     ingestion = domain_defs("ingestion")
     from ai_assets.resources.qdrant import QdrantResource
     from ai_assets.resources.sources import DocumentSourcesResource
-    from ai_assets.lib.tables import ParquetTableIOManager
+    from ai_assets.resources.io_manager import ParquetTableIOManager
 
     defs = dg.Definitions(
         assets=ingestion.assets,

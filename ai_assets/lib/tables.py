@@ -1,16 +1,15 @@
-"""Where intermediate data lives: streamed Parquet tables behind an IO manager.
+"""Where intermediate data lives: streamed Parquet tables, kept by an IO manager.
 
 Assets between sources and the vector store can hold 100k+ documents, so nothing here is one pickled
 list: an asset streams rows into a staged Parquet file (`TableWriter`), returns the small `ParquetTable`
-handle, and `ParquetTableIOManager` moves the file into place and hands downstream assets the same
-handle, which they read back batch by batch.
+handle, and `ParquetTableIOManager` (in `resources/io_manager.py`) moves the file into place and hands
+downstream assets the same handle, which they read back batch by batch.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,12 +111,7 @@ class TableWriter:
         self.path.unlink(missing_ok=True)
 
 
-def staging_path(context: dg.AssetExecutionContext, name: str) -> Path:
-    """A private file for this run's output; the IO manager moves it to its final place."""
-    return data_dir() / "staging" / context.run.run_id / f"{name}.parquet"
-
-
-def _asset_dir(base_dir: Path, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
+def asset_dir(base_dir: Path, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
     folder = base_dir.joinpath(*asset_key.path)
     return folder / partition_key if partition_key else folder
 
@@ -126,72 +120,8 @@ def latest_table(
     asset_key: dg.AssetKey, base_dir: Path | None = None, partition_key: str | None = None
 ) -> ParquetTable | None:
     """The most recent stored output of an asset, or None before its first materialization."""
-    pointer = _asset_dir(base_dir or data_dir() / "tables", asset_key, partition_key) / "latest.json"
+    pointer = asset_dir(base_dir or data_dir() / "tables", asset_key, partition_key) / "latest.json"
     if not pointer.exists():
         return None
     table = ParquetTable.from_json(json.loads(pointer.read_text()))
     return table if table.path.exists() else None
-
-
-class ParquetTableIOManager(dg.ConfigurableIOManager):
-    """Stores `ParquetTable` outputs under `base_dir/<asset key>[/<partition>]/<run id>.parquet`.
-
-    A `latest.json` pointer names the current file; it is replaced atomically, so a reader never sees a
-    half-written table. The previous `keep` files stay for runs still reading them, then are pruned.
-    """
-
-    base_dir: str = ""
-    keep: int = 2
-
-    def _base(self) -> Path:
-        return Path(self.base_dir).resolve() if self.base_dir else data_dir() / "tables"
-
-    def handle_output(self, context: dg.OutputContext, obj: ParquetTable) -> None:
-        if not isinstance(obj, ParquetTable):
-            raise TypeError(
-                f"{context.asset_key.to_user_string()} returned {type(obj).__name__}; "
-                "ParquetTableIOManager stores ParquetTable handles"
-            )
-        partition = context.partition_key if context.has_partition_key else None
-        folder = _asset_dir(self._base(), context.asset_key, partition)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{context.run_id}.parquet"
-        if obj.path.resolve() != final:
-            shutil.move(str(obj.path), final)
-            _remove_empty_parents(obj.path.parent)
-        stored = ParquetTable(final, obj.num_rows, obj.attrs)
-        tmp = folder / "latest.json.tmp"
-        tmp.write_text(json.dumps(stored.to_json()))
-        os.replace(tmp, folder / "latest.json")
-        self._prune(folder, keep=final)
-        context.add_output_metadata(
-            {
-                "rows": dg.MetadataValue.int(stored.num_rows),
-                "path": dg.MetadataValue.path(str(final)),
-                "size_bytes": dg.MetadataValue.int(final.stat().st_size),
-            }
-        )
-
-    def _prune(self, folder: Path, keep: Path) -> None:
-        files = sorted(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in [f for f in files if f != keep][max(self.keep - 1, 0) :]:
-            old.unlink(missing_ok=True)
-
-    def load_input(self, context: dg.InputContext) -> ParquetTable:
-        upstream = context.upstream_output
-        assert upstream is not None and upstream.asset_key is not None
-        partition = context.asset_partition_key if context.has_asset_partitions else None
-        table = latest_table(upstream.asset_key, self._base(), partition)
-        if table is None:
-            raise FileNotFoundError(
-                f"No stored table for {upstream.asset_key.to_user_string()} under {self._base()}: "
-                "materialize it first"
-            )
-        return table
-
-
-def _remove_empty_parents(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass

@@ -17,10 +17,10 @@ import dagster as dg
 
 from ai_assets.lib import settings
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.lib.tables import ParquetTableIOManager
+from ai_assets.resources.io_manager import ParquetTableIOManager
 
 
 def setting_field(name: str) -> Any:
@@ -57,7 +57,7 @@ def build_resources() -> dict[str, Any]:
         ),
         "table_io_manager": ParquetTableIOManager(),
         # Neither OPENAI_BASE_URL nor OPENAI_API_KEY set: the embedded SmolLM2 server.
-        "llm": OpenAIResource(
+        "llm": LLMResource(
             base_url=setting_field("OPENAI_BASE_URL"),
             api_key=setting_field("OPENAI_API_KEY"),
             organization=setting_field("OPENAI_ORG_ID"),

@@ -27,7 +27,7 @@ R = TypeVar("R")
 _SETTLE_S = 10.0
 
 
-class OpenAIResource(dg.ConfigurableResource):
+class LLMResource(dg.ConfigurableResource):
     """Chat completions through the official `openai` SDK.
 
     With neither `base_url` nor `api_key` set it serves SmolLM2-135M-Instruct from the PyPI package

@@ -11,10 +11,10 @@ from qdrant_client import models
 
 from ai_assets.lib.evaluation.eval_set import GOLDEN_SETS_DIR
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource, sample_corpus_path
-from ai_assets.lib.tables import ParquetTableIOManager
+from ai_assets.resources.io_manager import ParquetTableIOManager
 from ai_assets_tests.domains import domain_defs
 from ai_assets_tests.ingestion.harness import ingest, qdrant_client
 
@@ -32,7 +32,7 @@ def evaluation_defs(embedding_model: EmbeddingModelResource) -> dg.Definitions:
             "embedding_model": embedding_model,
             "document_sources": DocumentSourcesResource(sources=SAMPLE),
             "table_io_manager": ParquetTableIOManager(),
-            "llm": OpenAIResource(max_in_flight=2),
+            "llm": LLMResource(max_in_flight=2),
         },
     )
 

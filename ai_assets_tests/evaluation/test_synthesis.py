@@ -9,7 +9,7 @@ import dagster as dg
 from ai_assets.defs.evaluation.assets import rag_eval_set
 from ai_assets.lib.evaluation.synthesis import pick_chunks, synthetic_questions
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 from ai_assets_tests.ingestion.harness import ingest
@@ -46,7 +46,7 @@ def test_eval_set_adds_llm_written_questions(
         result = dg.materialize(
             [rag_eval_set],
             instance=instance,
-            resources={"llm": OpenAIResource(base_url=server.base_url, api_key="k")},
+            resources={"llm": LLMResource(base_url=server.base_url, api_key="k")},
             run_config={"ops": {"rag_eval_set": {"config": {"synthesize_questions": 3}}}},
         )
         assert server.total_requests == 3

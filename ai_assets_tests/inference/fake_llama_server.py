@@ -1,6 +1,6 @@
 """A stand-in for `python -m llama_cpp.server` that dies on cue, for the supervision tests.
 
-Run as `OpenAIResource(embedded_command=[python, this file, options...])`: it accepts the options the
+Run as `LLMResource(embedded_command=[python, this file, options...])`: it accepts the options the
 resource appends (--model, --model_alias, --host, --port, --n_ctx, --n_threads), answers `GET /v1/models`
 and `POST /v1/chat/completions` like an OpenAI-compatible server (the answer is `answer: <last user
 message>`), and its own options script the death:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_files, inference_outputs
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 
 
-def materialize_partition(instance: dg.DagsterInstance, key: str, llm: OpenAIResource) -> dg.ExecuteInProcessResult:
+def materialize_partition(instance: dg.DagsterInstance, key: str, llm: LLMResource) -> dg.ExecuteInProcessResult:
     """Add the partition when missing, then materialize it with `llm`; failures are returned, not raised."""
     if not instance.has_dynamic_partition(inference_files.name, key):
         instance.add_dynamic_partitions(inference_files.name, [key])

@@ -15,7 +15,7 @@ import pytest
 
 from ai_assets.defs.inference.assets import inference_files, inference_outputs
 from ai_assets.lib.inference.files import output_path, read_outputs
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_embedded_model_answers_with_real_tokens(
         [inference_outputs],
         partition_key="smol.jsonl",
         instance=instance,
-        resources={"llm": OpenAIResource(max_in_flight=2)},
+        resources={"llm": LLMResource(max_in_flight=2)},
     )
     assert result.success
     rows = read_outputs(output_path("smol.jsonl"))
@@ -69,12 +69,12 @@ def test_server_stops_when_the_step_fails(instance: dg.DagsterInstance) -> None:
     started: list[int] = []
 
     @dg.asset
-    def uses_then_fails(context, llm: OpenAIResource) -> None:  # noqa: ANN001 - annotations are strings here
+    def uses_then_fails(context, llm: LLMResource) -> None:  # noqa: ANN001 - annotations are strings here
         llm.ensure_server(context.log)
         started.append(llm._server.process.pid)  # type: ignore[union-attr]
         raise RuntimeError("the step fails after the server started")
 
-    result = dg.materialize([uses_then_fails], instance=instance, resources={"llm": OpenAIResource()}, raise_on_error=False)
+    result = dg.materialize([uses_then_fails], instance=instance, resources={"llm": LLMResource()}, raise_on_error=False)
     assert not result.success and started
     assert not alive(started[0])
 

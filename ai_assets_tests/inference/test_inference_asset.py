@@ -10,7 +10,7 @@ import dagster as dg
 from ai_assets.defs.inference.assets import inference_files, inference_outputs
 from ai_assets.defs.inference.automation import inference_inbox_sensor
 from ai_assets.lib.inference.files import output_path, read_outputs
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 
@@ -20,7 +20,7 @@ def write_requests(path: Path, lines: list[dict | str]) -> None:
 
 
 def materialize(key: str, server: FakeOpenAIServer, instance: dg.DagsterInstance, **llm_kw) -> dg.ExecuteInProcessResult:
-    llm = OpenAIResource(base_url=server.base_url, api_key="sk-test-secret", **llm_kw)
+    llm = LLMResource(base_url=server.base_url, api_key="sk-test-secret", **llm_kw)
     return materialize_partition(instance, key, llm)
 
 
@@ -88,7 +88,7 @@ def test_strict_mode_and_unusable_files_fail_with_file_and_line(inbox: Path, ins
             [inference_outputs],
             partition_key="strict.jsonl",
             instance=instance,
-            resources={"llm": OpenAIResource(base_url=server.base_url, api_key="k")},
+            resources={"llm": LLMResource(base_url=server.base_url, api_key="k")},
             run_config={"ops": {"inference_outputs": {"config": {"strict": True}}}},
             raise_on_error=False,
         )

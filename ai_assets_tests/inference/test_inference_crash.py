@@ -14,7 +14,7 @@ import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_outputs
 from ai_assets.lib.inference.files import file_digest, ledger_path, output_path, read_outputs
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 
 
@@ -61,7 +61,7 @@ def test_sigkill_mid_batch_then_rerun(tmp_path: Path, data_dir: Path, instance: 
             [inference_outputs],
             partition_key="night.jsonl",
             instance=instance,
-            resources={"llm": OpenAIResource(base_url=server.base_url, api_key="test", max_in_flight=4)},
+            resources={"llm": LLMResource(base_url=server.base_url, api_key="test", max_in_flight=4)},
         )
         assert result.success
         # Nothing answered before the kill was asked again; the rest once (or twice for the handful

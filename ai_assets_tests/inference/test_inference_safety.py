@@ -11,7 +11,7 @@ import pytest
 
 from ai_assets.lib.llm.retry import MIN_SECRET_FRAGMENT
 from ai_assets.lib.inference.files import output_path, read_outputs
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 
@@ -29,7 +29,7 @@ def inbox(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 
 
 def materialize(key: str, server: FakeOpenAIServer, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    return materialize_partition(instance, key, OpenAIResource(base_url=server.base_url, api_key=API_KEY))
+    return materialize_partition(instance, key, LLMResource(base_url=server.base_url, api_key=API_KEY))
 
 
 def files_under(folder: Path) -> set[Path]:

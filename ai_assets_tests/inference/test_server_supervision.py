@@ -31,7 +31,7 @@ from ai_assets.resources.llama_server import (
     describe_exit,
     reinstall_command,
 )
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
 
 FAKE_SERVER = Path(__file__).with_name("fake_llama_server.py")
@@ -62,10 +62,10 @@ def events(tmp_path: Path) -> Events:
     return Events(tmp_path / "server-events.jsonl")
 
 
-def stand_in(events: Events, *options: str, **llm_kw: object) -> OpenAIResource:
+def stand_in(events: Events, *options: str, **llm_kw: object) -> LLMResource:
     """The embedded-model resource, serving with the stand-in server started with `options`."""
     command = [sys.executable, str(FAKE_SERVER), "--events", str(events.path), *options]
-    return OpenAIResource(embedded_command=command, **llm_kw)  # type: ignore[arg-type]
+    return LLMResource(embedded_command=command, **llm_kw)  # type: ignore[arg-type]
 
 
 def write_prompts(inbox: Path, name: str, count: int) -> list[str]:

@@ -17,7 +17,7 @@ from ai_assets.lib.ingestion.sources import parse_source_specs
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.lib.tables import ParquetTableIOManager
+from ai_assets.resources.io_manager import ParquetTableIOManager
 
 # The ingestion domain as the code location autoloads it, without its resources.
 ingestion_defs = domain_defs("ingestion")

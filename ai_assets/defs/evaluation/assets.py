@@ -14,7 +14,7 @@ from ai_assets.lib.evaluation.eval_set import EvalQuestion, load_eval_set
 from ai_assets.lib.evaluation.metrics import per_query_retrieval, retrieval_report
 from ai_assets.lib.evaluation.retrieval import search_chunks, search_documents
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.lib.evaluation.reference_chunks import align_reference_contexts
 from ai_assets.lib.evaluation.synthesis import pick_chunks, question_prompts, synthetic_questions
@@ -44,7 +44,7 @@ class EvalSetConfig(dg.Config):
     automation_condition=dg.AutomationCondition.eager(),
 )
 def rag_eval_set(
-    context: dg.AssetExecutionContext, config: EvalSetConfig, llm: OpenAIResource
+    context: dg.AssetExecutionContext, config: EvalSetConfig, llm: LLMResource
 ) -> dg.Output[list[EvalQuestion]]:
     """The questions the knowledge base is judged on: question, reference answer, reference contexts
     and the documents that should be retrieved. Golden ones (bring your own with `RAG_EVAL_SET`), plus
@@ -67,7 +67,7 @@ def rag_eval_set(
     )
 
 
-def _synthesize(context: dg.AssetExecutionContext, llm: OpenAIResource, count: int) -> list[EvalQuestion]:
+def _synthesize(context: dg.AssetExecutionContext, llm: LLMResource, count: int) -> list[EvalQuestion]:
     table = latest_table(dg.AssetKey("document_chunks"))
     if table is None:
         raise FileNotFoundError("synthesize_questions needs document_chunks: materialize the ingestion first")
@@ -106,7 +106,7 @@ def rag_quality_metrics(
     config: QualityConfig,
     qdrant: QdrantResource,
     embedding_model: EmbeddingModelResource,
-    llm: OpenAIResource,
+    llm: LLMResource,
     rag_eval_set: list[EvalQuestion],
 ) -> dg.MaterializeResult:
     """How well the knowledge base retrieves and answers: nDCG@10, MRR@10, recall@k and hit rate@k
@@ -222,7 +222,7 @@ def rag_quality_metrics(
     )
 
 
-async def _answer(context: dg.AssetExecutionContext, llm: OpenAIResource, prompts, max_tokens: int):
+async def _answer(context: dg.AssetExecutionContext, llm: LLMResource, prompts, max_tokens: int):
     # Supervised: an embedded server that dies mid-way is restarted once, a second death fails the step.
     return await answer_with(llm, context.log, prompts, max_tokens)
 

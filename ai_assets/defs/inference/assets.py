@@ -21,7 +21,7 @@ from ai_assets.lib.llm.report import (
 from ai_assets.lib.llm.retry import RetryPolicy
 from ai_assets.lib.inference.files import file_digest, input_path, ledger_path, output_path, write_outputs
 from ai_assets.lib.llm.validation import validate_jsonl
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 
 inference_files = dg.DynamicPartitionsDefinition(name="inference_files")
 
@@ -52,7 +52,7 @@ class InferenceConfig(dg.Config):
     check_specs=CHECK_SPECS,
 )
 def inference_outputs(
-    context: dg.AssetExecutionContext, config: InferenceConfig, llm: OpenAIResource
+    context: dg.AssetExecutionContext, config: InferenceConfig, llm: LLMResource
 ) -> dg.MaterializeResult:
     """One output row per input request, in input order: the model's answer or the error that ended it.
 
@@ -124,7 +124,7 @@ def inference_outputs(
 
 
 async def _run(
-    context: dg.AssetExecutionContext, llm: OpenAIResource, items, ledger: ResultLedger
+    context: dg.AssetExecutionContext, llm: LLMResource, items, ledger: ResultLedger
 ) -> BatchStats:
     previous = ledger.load()
     answered_before = sum(1 for item in items if item.id in previous and previous[item.id].succeeded)

@@ -24,7 +24,8 @@ from ai_assets.lib.progress import Progress
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.lib.tables import ParquetTable, TableWriter, data_dir, latest_table, staging_path
+from ai_assets.lib.tables import ParquetTable, TableWriter, data_dir, latest_table
+from ai_assets.resources.io_manager import staging_path
 
 OWNERS = ["team:ml-platform"]
 GROUP = "ingestion"

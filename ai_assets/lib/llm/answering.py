@@ -23,7 +23,7 @@ from ai_assets.lib.llm.items import InferenceItem
 from ai_assets.lib.llm.ledger import ResultLedger
 from ai_assets.lib.llm.openai_call import make_openai_call, warm_up_connections
 from ai_assets.lib.llm.retry import RetryPolicy
-from ai_assets.resources.llm import OpenAIResource
+from ai_assets.resources.llm import LLMResource
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered context passages you are given. "
@@ -85,7 +85,7 @@ async def answer_questions(
 
 
 async def answer_with(
-    llm: OpenAIResource,
+    llm: LLMResource,
     log: dg.DagsterLogManager | None,
     prompts: Sequence[Sequence[dict[str, Any]]],
     max_tokens: int,
