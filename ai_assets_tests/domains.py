@@ -10,7 +10,6 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 
-
 def domain_defs(*domains: str) -> dg.Definitions:
     """The assets, checks, jobs, schedules and sensors of `domains`, from the modules the code location
     autoloads."""
@@ -27,6 +26,3 @@ def domain_defs(*domains: str) -> dg.Definitions:
         schedules=[o for o in objects if isinstance(o, dg.ScheduleDefinition)],
         sensors=[o for o in objects if isinstance(o, dg.SensorDefinition)],
     )
-
-
-

@@ -30,9 +30,7 @@ def pool_holder(context: dg.AssetExecutionContext) -> None:
         waited += 0.05
 
 
-hold_in_process = dg.define_asset_job(
-    "hold_in_process", selection=[pool_holder], executor_def=in_process_executor
-)
+hold_in_process = dg.define_asset_job("hold_in_process", selection=[pool_holder], executor_def=in_process_executor)
 
 defs = dg.Definitions(
     assets=[pool_holder],

@@ -15,9 +15,7 @@ DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
 def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [DAGSTER, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([DAGSTER, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -38,7 +36,8 @@ def test_definitions_validate_without_heavy_imports(cli_env: dict[str, str]) -> 
     # The webserver and daemon import the code location often: heavy ML libraries must load lazily.
     probe = (
         "import sys; import ai_assets.definitions; "
-        "print(','.join(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))"
+        "print(','.join(m for m in ('torch', 'sentence_transformers', 'transformers', 'ragas', 'llama_cpp', 'peft') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], env=cli_env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -53,7 +52,7 @@ def test_cli_materialize_ingests_and_runs_checks(tmp_path: Path, cli_env: dict[s
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     for asset in ("raw_documents", "document_chunks", "document_embeddings"):
-        assert f'Materialized value {asset}' in output
+        assert f"Materialized value {asset}" in output
     for check in ("chunk_ids_unique", "chunks_not_empty", "point_count_matches_chunks", "smoke_retrieval"):
         assert f"Asset check '{check}'" in output and "passed" in output
     assert "RUN_SUCCESS" in output

@@ -135,7 +135,9 @@ def pool_instance() -> Iterator[dg.DagsterInstance]:
 
 def _started_run(instance: dg.DagsterInstance, worker: dict[str, str] | None) -> dg.DagsterRun:
     """A STARTED run holding the `qdrant` slot, whose worker record is `worker` (None: none)."""
-    run = instance.add_run(dg.DagsterRun(job_name="holder", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED))
+    run = instance.add_run(
+        dg.DagsterRun(job_name="holder", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED)
+    )
     if worker is not None:
         instance.report_engine_event("Run worker", run, EngineEventData(metadata=worker))
     assert instance.event_log_storage.claim_concurrency_slot("qdrant", run.run_id, "holder").is_claimed
@@ -312,7 +314,9 @@ def _assert_recovered(env: dict[str, str], killed: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_next_cli_run_frees_the_slot_of_a_sigkilled_run(command: str, project_home: dict[str, str], tmp_path: Path) -> None:
+def test_next_cli_run_frees_the_slot_of_a_sigkilled_run(
+    command: str, project_home: dict[str, str], tmp_path: Path
+) -> None:
     args, env = COMMANDS[command], project_home
     killed = _kill_holding_run(args, env, tmp_path)
     with _instance(env) as instance:  # the deadlock's cause: a STARTED run holds the only slot

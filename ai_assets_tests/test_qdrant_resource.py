@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.qdrant import QdrantResource, QdrantServerError
+
+
+def qdrant(data_dir: Path, **fields: object) -> QdrantResource:
+    """A Qdrant resource whose data folder (the embedded Qdrant's default home) is `data_dir`."""
+    return QdrantResource(data_folder=DataFolderResource(path=str(data_dir)), **fields)  # type: ignore[arg-type]
+
 
 HOLD = """
 import sys, time
@@ -34,7 +41,7 @@ def hold_lock(path: Path, seconds: float) -> subprocess.Popen:
 def test_second_process_waits_for_the_folder_lock(tmp_path: Path) -> None:
     holder = hold_lock(tmp_path / "qdrant", 2.0)
     started = time.monotonic()
-    resource = QdrantResource(path=str(tmp_path / "qdrant"), lock_timeout_s=60)
+    resource = qdrant(tmp_path / "data", path=str(tmp_path / "qdrant"), lock_timeout_s=60)
     try:
         client = resource.get_client()
         assert client.get_collections().collections == []
@@ -48,14 +55,14 @@ def test_lock_timeout_names_the_folder_and_the_way_out(tmp_path: Path) -> None:
     holder = hold_lock(tmp_path / "qdrant", 10.0)
     try:
         with pytest.raises(RuntimeError, match=r"QDRANT_PATH.*QDRANT_URL"):
-            QdrantResource(path=str(tmp_path / "qdrant"), lock_timeout_s=1).get_client()
+            qdrant(tmp_path / "data", path=str(tmp_path / "qdrant"), lock_timeout_s=1).get_client()
     finally:
         holder.kill()
         holder.wait()
 
 
 def test_alias_swap_is_one_operation(tmp_path: Path) -> None:
-    resource = QdrantResource(path=str(tmp_path / "qdrant"), alias="kb")
+    resource = qdrant(tmp_path / "data", path=str(tmp_path / "qdrant"), alias="kb")
     try:
         assert resource.alias_target() is None
         assert resource.ensure_collection("kb-one", 8) is True
@@ -79,10 +86,8 @@ def refused_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_unreachable_server_names_the_url_the_variable_and_the_way_out(
-    refused_url: str, data_dir: Path
-) -> None:
-    resource = QdrantResource(url=refused_url, api_key="qk-secret-value")
+def test_unreachable_server_names_the_url_the_variable_and_the_way_out(refused_url: str, data_dir: Path) -> None:
+    resource = qdrant(data_dir, url=refused_url, api_key="qk-secret-value")
     with pytest.raises(QdrantServerError) as caught:
         resource.alias_target()  # the first operation any step does
     message = str(caught.value)
@@ -95,7 +100,7 @@ def test_unreachable_server_names_the_url_the_variable_and_the_way_out(
 def test_credentials_in_the_url_stay_out_of_the_message(refused_url: str, data_dir: Path) -> None:
     with_password = refused_url.replace("http://", "http://admin:hunter2@")
     with pytest.raises(QdrantServerError) as caught:
-        QdrantResource(url=with_password).get_client()
+        qdrant(data_dir, url=with_password).get_client()
     assert "hunter2" not in str(caught.value) and refused_url in str(caught.value)
 
 
@@ -124,7 +129,7 @@ def test_a_refusing_server_says_which_setting_to_fix(status: int, advice: str, d
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         with pytest.raises(QdrantServerError) as caught:
-            QdrantResource(url=url).get_client()
+            qdrant(data_dir, url=url).get_client()
     finally:
         server.shutdown()
         server.server_close()
@@ -157,7 +162,7 @@ class _Healthy(http.server.BaseHTTPRequestHandler):
 def test_a_reachable_server_is_probed_once_then_used(data_dir: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    resource = QdrantResource(url=f"http://127.0.0.1:{server.server_address[1]}")
+    resource = qdrant(data_dir, url=f"http://127.0.0.1:{server.server_address[1]}")
     try:
         client = resource.get_client()
         assert resource.get_client() is client
@@ -166,3 +171,13 @@ def test_a_reachable_server_is_probed_once_then_used(data_dir: Path) -> None:
         resource.close()
         server.shutdown()
         server.server_close()
+
+
+def test_empty_settings_mean_the_embedded_qdrant_in_the_data_folder(tmp_path: Path) -> None:
+    # Unset QDRANT_URL / QDRANT_API_KEY / QDRANT_PATH reach the resource as "" (settings.apply_defaults).
+    resource = qdrant(tmp_path / "data", url="", api_key="", path="")
+    assert resource.is_local and resource.local_path == (tmp_path / "data" / "qdrant").resolve()
+    assert resource.location == str(tmp_path / "data" / "qdrant")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"QDRANT_PATH='.*a_file': exists and is not a folder"):
+        qdrant(tmp_path / "data", path=str(tmp_path / "a_file")).local_path  # noqa: B018 - resolving is the check

@@ -154,6 +154,7 @@ def test_every_documented_variable_is_a_setting_with_both_cases(tmp_path: Path) 
     for path in (REPO_ROOT / "ai_assets").rglob("*.py"):
         read_in_code |= set(re.findall(r"""os\.(?:environ\.get|getenv)\(\s*["']([A-Z0-9_]+)""", path.read_text()))
         read_in_code |= set(re.findall(r"""settings\.value\(\s*["']([A-Z0-9_]+)""", path.read_text()))
+        read_in_code |= set(re.findall(r"""setting_field\(\s*["']([A-Z0-9_]+)""", path.read_text()))
     assert read_in_code - set(settings.SETTINGS) - NOT_SETTINGS == set(), "read in the code but not a setting"
     assert set(valid_values(tmp_path)) == set(settings.SETTINGS) == set(invalid_values(tmp_path))
 
@@ -247,16 +248,58 @@ def test_a_changed_environment_is_read_again(clean_env: pytest.MonkeyPatch) -> N
 
 
 def test_qdrant_resource_from_settings_reads_string_settings_at_run_time(
-    clean_env: pytest.MonkeyPatch,
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from ai_assets.resources import setting_field
+    from ai_assets.resources import DataFolderResource, setting_field
 
     clean_env.setenv("QDRANT_ALIAS", "first")
-    resource = QdrantResource(alias=setting_field("QDRANT_ALIAS"))
+    resource = QdrantResource(data_folder=DataFolderResource(path=str(tmp_path)), alias=setting_field("QDRANT_ALIAS"))
     # A run resolves EnvVar fields in its own process, from its own environment.
     clean_env.setenv("QDRANT_ALIAS", "second")
     with resource.process_config_and_initialize_cm() as resolved:
         assert resolved.alias == "second"
+
+
+def test_every_setting_reaches_its_resource_as_an_env_var() -> None:
+    import dagster as dg
+
+    from ai_assets.resources import setting_field
+
+    for name, setting in settings.SETTINGS.items():
+        field = setting_field(name)
+        if setting.env_kind == "int":
+            assert field == dg.EnvVar.int(name), name
+        else:
+            assert isinstance(field, dg.EnvVar) and field.env_var_name == name, name
+
+
+@pytest.mark.parametrize("name", sorted(settings.SETTINGS))
+def test_default_text_means_the_default(name: str) -> None:
+    # What `apply_defaults` writes for an unset variable is parsed back to the documented default.
+    setting = settings.SETTINGS[name]
+    assert settings.parse(name, setting.default_text) == setting.default
+
+
+def test_apply_defaults_fills_only_unset_registered_variables() -> None:
+    environ = {"CHUNK_SIZE": "128", "QDRANT_URL": "", "UNRELATED": "x"}
+    settings.apply_defaults(environ)
+    assert environ["CHUNK_SIZE"] == "128"  # a set variable is never changed
+    assert environ["QDRANT_URL"] == ""  # "unset means off": its default text is empty
+    assert environ["CHUNK_OVERLAP"] == "32" and environ["HTTP_TIMEOUT_S"] == "10.0"
+    assert json.loads(environ["RAG_THRESHOLDS"]) == settings.DEFAULT_THRESHOLDS
+    assert environ["AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS"] == "false"
+    assert set(environ) == {*settings.SETTINGS, "UNRELATED"}
+
+
+def test_a_malformed_text_field_names_the_variable_the_value_and_the_field() -> None:
+    from ai_assets.resources import DocumentSourcesResource, LLMResource
+
+    with pytest.raises(settings.SettingError, match=re.escape("HTTP_TIMEOUT_S='ten': not a number")) as caught:
+        DocumentSourcesResource(http_timeout_s="ten").http_settings()
+    assert "[DocumentSourcesResource.http_timeout_s]" in str(caught.value)
+    with pytest.raises(settings.SettingError, match=re.escape("OPENAI_REQUESTS_PER_MINUTE='-5': out of range")):
+        LLMResource(requests_per_minute="-5").rate_limits()
+    assert LLMResource().rate_limits() == (None, None) and LLMResource().timeout == 120.0
 
 
 # --- the code location, in subprocesses ------------------------------------------------------------
@@ -264,48 +307,51 @@ def test_qdrant_resource_from_settings_reads_string_settings_at_run_time(
 PROBE = """
 import contextlib, json
 from ai_assets.definitions import defs
-from ai_assets.defs.evaluation import checks as eval_checks
-from ai_assets.lib.evaluation import gates
 from ai_assets.defs.evaluation.assets import EvalSetConfig, QualityConfig
-from ai_assets.defs.inference import checks as inference_checks
 from ai_assets.defs.inference.assets import InferenceConfig
-from ai_assets.lib.inference.files import inbox_dir
 from ai_assets.defs.ingestion.assets import ChunkingConfig
-from ai_assets.lib import settings, tables as storage
+
+# Run config holds only per-run choices with literal defaults: None = the resource's value.
+assert ChunkingConfig().chunk_size is None and ChunkingConfig().chunk_overlap is None
+assert EvalSetConfig().location is None and QualityConfig().max_answered_questions is None
+assert InferenceConfig().max_prompt_chars is None
 
 stack = contextlib.ExitStack()
+# As a run resolves them: each EnvVar read from this process's environment.
 r = {name: stack.enter_context(defs.resources[name].process_config_and_initialize_cm()) for name in
-     ("qdrant", "embedding_model", "document_sources", "llm")}
+     ("qdrant", "embedding_model", "document_sources", "llm", "data_folder", "chunking", "inference",
+      "evaluation", "judge")}
 q, e, s, llm = r["qdrant"], r["embedding_model"], r["document_sources"], r["llm"]
-chunking, eval_set, quality = ChunkingConfig(), EvalSetConfig(), QualityConfig()
+chunking, inference, evaluation, judge = r["chunking"], r["inference"], r["evaluation"], r["judge"]
 zones = {defs.get_schedule_def(n).execution_timezone for n in ("nightly_rag_refresh", "daily_rag_evaluation")}
 assert len(zones) == 1, zones
+requests_per_minute, tokens_per_minute = llm.rate_limits()
 seen = {
-    "AI_ASSETS_DATA_DIR": str(storage.data_dir()),
+    "AI_ASSETS_DATA_DIR": str(r["data_folder"].root),
     "AI_ASSETS_SOURCES": s.sources,
-    "HTTP_TIMEOUT_S": s.http_timeout_s,
+    "HTTP_TIMEOUT_S": s.http_settings().timeout_s,
     "HTTP_MAX_BYTES": s.http_max_bytes,
     "LOCAL_MAX_FILE_BYTES": s.max_file_bytes,
-    "AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS": s.follow_external_symlinks,
+    "AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS": s.follows_external_symlinks(),
     "QDRANT_URL": q.url, "QDRANT_API_KEY": q.api_key, "QDRANT_PATH": q.path, "QDRANT_ALIAS": q.alias,
     "EMBEDDING_MODEL": e.model, "EMBEDDING_DEVICE": e.device,
     "EMBEDDING_BATCH_SIZE": e.batch_size, "EMBEDDING_THREADS": e.threads,
     "CHUNK_SIZE": chunking.chunk_size, "CHUNK_OVERLAP": chunking.chunk_overlap,
     "AI_ASSETS_TIMEZONE": zones.pop(),
     "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": llm.api_key, "OPENAI_ORG_ID": llm.organization,
-    "OPENAI_PROJECT_ID": llm.project, "OPENAI_MODEL": llm.model, "OPENAI_TIMEOUT_S": llm.timeout_s,
+    "OPENAI_PROJECT_ID": llm.project, "OPENAI_MODEL": llm.model, "OPENAI_TIMEOUT_S": llm.timeout,
     "OPENAI_MAX_IN_FLIGHT": llm.max_in_flight, "OPENAI_MAX_ATTEMPTS": llm.max_attempts,
-    "OPENAI_REQUESTS_PER_MINUTE": llm.requests_per_minute, "OPENAI_TOKENS_PER_MINUTE": llm.tokens_per_minute,
-    "INFERENCE_MAX_PROMPT_CHARS": InferenceConfig().max_prompt_chars,
-    "INFERENCE_MAX_ERROR_RATE": inference_checks.MAX_ERROR_RATE,
-    "AI_ASSETS_INFERENCE_INBOX": str(inbox_dir()),
-    "RAG_EVAL_SET": eval_set.location, "RAG_EVAL_DOC_ID_PREFIX": eval_set.beir_doc_id_prefix,
-    "RAG_EVAL_SYNTHESIZE": eval_set.synthesize_questions,
-    "RAG_EVAL_MAX_ANSWERED": quality.max_answered_questions,
-    "RAG_THRESHOLDS": gates.configured_thresholds(),
-    "RAG_REGRESSION_TOLERANCE": eval_checks.REGRESSION_TOLERANCE,
-    "RAGAS_JUDGE_BASE_URL": quality.judge_base_url, "RAGAS_JUDGE_MODEL": quality.judge_model,
-    "RAGAS_JUDGE_API_KEY": settings.value("RAGAS_JUDGE_API_KEY"),
+    "OPENAI_REQUESTS_PER_MINUTE": requests_per_minute, "OPENAI_TOKENS_PER_MINUTE": tokens_per_minute,
+    "INFERENCE_MAX_PROMPT_CHARS": inference.max_prompt_chars,
+    "INFERENCE_MAX_ERROR_RATE": inference.error_rate_threshold(),
+    "AI_ASSETS_INFERENCE_INBOX": str(inference.folders().inbox),
+    "RAG_EVAL_SET": evaluation.eval_set, "RAG_EVAL_DOC_ID_PREFIX": evaluation.doc_id_prefix,
+    "RAG_EVAL_SYNTHESIZE": evaluation.synthesize_questions,
+    "RAG_EVAL_MAX_ANSWERED": evaluation.max_answered_questions,
+    "RAG_THRESHOLDS": evaluation.threshold_map(),
+    "RAG_REGRESSION_TOLERANCE": evaluation.tolerance(),
+    "RAGAS_JUDGE_BASE_URL": judge.base_url, "RAGAS_JUDGE_MODEL": judge.model,
+    "RAGAS_JUDGE_API_KEY": judge.api_key,
 }
 print("SEEN " + json.dumps(seen))
 """
@@ -324,7 +370,11 @@ def test_every_valid_setting_loads_and_reaches_its_resource_or_config(tmp_path: 
     # The float settings once broke `dagster definitions validate` (EnvVar has no `float`).
     validate = subprocess.run(
         [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert validate.returncode == 0, (validate.stdout + validate.stderr)[-4000:]
 
@@ -334,7 +384,11 @@ def test_every_invalid_setting_stops_the_load_naming_each(tmp_path: Path) -> Non
     env = subprocess_env(bad, tmp_path)
     result = subprocess.run(
         [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -348,7 +402,11 @@ def test_one_bad_integer_is_one_line_naming_it_not_a_python_traceback_line(tmp_p
     env = subprocess_env({"CHUNK_SIZE": "abc"}, tmp_path)
     result = subprocess.run(
         [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -374,3 +432,84 @@ def test_a_device_this_machine_lacks_is_named() -> None:
     check_device("cpu")
     with pytest.raises(ValueError, match=r"EMBEDDING_DEVICE='cuda:999': torch .* cannot use this device"):
         check_device("cuda:999")
+
+
+# --- the run reads its own environment, not the loading process's -------------------------------------
+
+CREATE_RUN = """
+import os
+import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import serialize_value
+from ai_assets.definitions import defs
+
+# What the UI of this process shows for the data folder: the variable, not a value captured here.
+assert defs.resources["data_folder"].path.env_var_name == "AI_ASSETS_DATA_DIR"
+selection = frozenset({dg.AssetKey("raw_documents")})
+repository = ReconstructableRepository.for_module("ai_assets.definitions", "defs", working_directory=os.getcwd())
+job = repository.get_reconstructable_job(defs.resolve_implicit_global_asset_job_def().name).get_subset(
+    asset_selection=selection
+)
+instance = dg.DagsterInstance.get()
+run = instance.create_run_for_job(
+    job_def=job.get_definition(), job_code_origin=job.get_python_origin(), asset_selection=selection
+)
+print("RUN_ID " + run.run_id)
+print("ARGS " + serialize_value(ExecuteRunArgs(job.get_python_origin(), run.run_id, instance.get_ref())))
+"""
+
+READ_RUN = """
+import json, sys
+import dagster as dg
+instance = dg.DagsterInstance.get()
+run = instance.get_run_by_id(sys.argv[1])
+(record,) = instance.fetch_materializations(dg.AssetKey("raw_documents"), limit=1).records
+metadata = record.asset_materialization.metadata
+print("RUN " + json.dumps({"status": run.status.value, "path": metadata["path"].value,
+                           "documents": metadata["documents"].value}))
+"""
+
+
+def test_a_run_uses_the_settings_of_its_own_process_not_those_of_the_loading_one(tmp_path: Path) -> None:
+    """As on Kubernetes, where the code server and each run's pod have their own environments: the run
+    is created by a process that loaded the code location with environment A, and executed by
+    `dagster api execute_run` (what a run worker runs) with environment B. B's data folder and sources
+    are the ones used."""
+    for side, count in (("a", 1), ("b", 2)):
+        docs = tmp_path / f"docs_{side}"
+        docs.mkdir()
+        for i in range(count):
+            (docs / f"page{i}.md").write_text(f"# Page {side}{i}\n\nSome text about {side} number {i}.\n")
+
+    def env(side: str) -> dict[str, str]:
+        return subprocess_env(
+            {"AI_ASSETS_DATA_DIR": str(tmp_path / f"data_{side}"), "AI_ASSETS_SOURCES": str(tmp_path / f"docs_{side}")},
+            tmp_path,  # one DAGSTER_HOME: the instance both processes share, as a deployment does
+        )
+
+    def python(code: str, side: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=env(side),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done.stdout
+
+    created = python(CREATE_RUN, "a")
+    args = next(line for line in created.splitlines() if line.startswith("ARGS "))[5:]
+    run_id = next(line for line in created.splitlines() if line.startswith("RUN_ID "))[7:]
+    executed = subprocess.run(
+        [DAGSTER, "api", "execute_run", args], env=env("b"), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert executed.returncode == 0, (executed.stdout + executed.stderr)[-4000:]
+
+    seen = json.loads(next(line for line in python(READ_RUN, "b", run_id).splitlines() if line.startswith("RUN "))[4:])
+    assert seen["status"] == "SUCCESS"
+    assert seen["documents"] == 2  # B's sources
+    assert Path(seen["path"]).is_relative_to((tmp_path / "data_b" / "tables").resolve())  # B's data folder
+    assert not (tmp_path / "data_a").exists()  # nothing was written where the loading process would have

@@ -41,15 +41,15 @@ def run(args: argparse.Namespace) -> None:
     import dagster as dg
     from qdrant_client import QdrantClient
 
-    from ai_assets_tests.domains import domain_defs
     from ai_assets.lib.evaluation.eval_set import load_eval_set
     from ai_assets.lib.evaluation.retrieval import search_documents
+    from ai_assets.resources.data_folder import data_folder_from_environment as data_dir
     from ai_assets.resources.embeddings import EmbeddingModelResource
     from ai_assets.resources.llm import LLMResource
     from ai_assets.resources.qdrant import QdrantResource
     from ai_assets.resources.sources import DocumentSourcesResource
-    from ai_assets.lib.tables import data_dir
-    from ai_assets.resources.io_manager import ParquetTableIOManager
+    from ai_assets_tests.domains import domain_defs
+    from ai_assets_tests.resources import settings_resources
 
     ingestion, evaluation = domain_defs("ingestion"), domain_defs("evaluation")
     model = EmbeddingModelResource()
@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> None:
         asset_checks=[*ingestion.asset_checks],
         jobs=ingestion.jobs,
         resources={
-            "qdrant": QdrantResource(),
+            **settings_resources(),
+            "qdrant": QdrantResource(data_folder=settings_resources()["data_folder"]),
             "embedding_model": model,
             "document_sources": DocumentSourcesResource(sources=f"scifact={SCIFACT / 'corpus.jsonl'}"),
-            "table_io_manager": ParquetTableIOManager(),
             "llm": LLMResource(),  # not called: answers are off, retrieval is what is measured
         },
     )

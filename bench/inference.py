@@ -155,7 +155,9 @@ class ServerProcess:
         import urllib.request
 
         root = self.base_url.rsplit("/v1", 1)[0]
-        with urllib.request.urlopen(urllib.request.Request(root + path, method=method, data=b"" if method == "POST" else None)) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(root + path, method=method, data=b"" if method == "POST" else None)
+        ) as r:
             return json.loads(r.read())
 
     def reset_stats(self) -> None:
@@ -173,7 +175,9 @@ class InProcessServer:
     def __init__(self, *latency: float, seed: int = 0) -> None:
         from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 
-        self.server = FakeOpenAIServer(latency_s=latency[0] if len(latency) == 1 else (latency[0], latency[1]), seed=seed)
+        self.server = FakeOpenAIServer(
+            latency_s=latency[0] if len(latency) == 1 else (latency[0], latency[1]), seed=seed
+        )
 
     def __enter__(self) -> InProcessServer:
         self.server.start()
@@ -205,7 +209,9 @@ async def run_ours(items, call, cap: int, work: Path, name: str):
 
     with ResultLedger(work / f"{name}.jsonl") as ledger:
         started = time.perf_counter()
-        stats = await run_batch(items, call, ledger=ledger, max_in_flight=cap, retry=RetryPolicy(), rng=random.Random(0))
+        stats = await run_batch(
+            items, call, ledger=ledger, max_in_flight=cap, retry=RetryPolicy(), rng=random.Random(0)
+        )
         elapsed = time.perf_counter() - started
     assert stats.succeeded == len(items), stats
     return elapsed, stats
@@ -238,7 +244,9 @@ async def raw_client(host: str, port: int, items, cap: int) -> float:
                 )
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
                 )
                 await reader.readexactly(length)
         finally:

@@ -91,17 +91,17 @@ def job_runner(sources: str, model, chunk_size: int = 200, chunk_overlap: int = 
     ingestion = domain_defs("ingestion")
     from ai_assets.resources.qdrant import QdrantResource
     from ai_assets.resources.sources import DocumentSourcesResource
-    from ai_assets.resources.io_manager import ParquetTableIOManager
+    from ai_assets_tests.resources import settings_resources
 
     defs = dg.Definitions(
         assets=ingestion.assets,
         asset_checks=ingestion.asset_checks,
         jobs=ingestion.jobs,
         resources={
-            "qdrant": QdrantResource(),
+            **settings_resources(),
+            "qdrant": QdrantResource(data_folder=settings_resources()["data_folder"]),
             "embedding_model": model,
             "document_sources": DocumentSourcesResource(sources=sources),
-            "table_io_manager": ParquetTableIOManager(),
         },
     )
     job = defs.resolve_job_def("rag_ingestion")
@@ -111,7 +111,9 @@ def job_runner(sources: str, model, chunk_size: int = 200, chunk_overlap: int = 
         started = time.perf_counter()
         result = job.execute_in_process(
             instance=instance,
-            run_config={"ops": {"document_chunks": {"config": {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap}}}},
+            run_config={
+                "ops": {"document_chunks": {"config": {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap}}}
+            },
         )
         elapsed = time.perf_counter() - started
         assert result.success
@@ -130,8 +132,9 @@ def chunk_table():
     import dagster as dg
 
     from ai_assets.lib.tables import latest_table
+    from ai_assets.resources.data_folder import data_folder_from_environment
 
-    return latest_table(dg.AssetKey("document_chunks"))
+    return latest_table(dg.AssetKey("document_chunks"), data_folder_from_environment() / "tables")
 
 
 def incremental(args: argparse.Namespace, work: Path) -> None:
@@ -192,7 +195,7 @@ def incremental(args: argparse.Namespace, work: Path) -> None:
     expected = expected_chunk_ids(specs, model.tokenizer(), settings, work / "c")
     from qdrant_client import QdrantClient
 
-    from ai_assets.lib.tables import data_dir
+    from ai_assets.resources.data_folder import data_folder_from_environment as data_dir
 
     client = QdrantClient(path=str(data_dir() / "qdrant"))
     report = audit_collection(client, "knowledge-base", expected)
@@ -207,8 +210,8 @@ def scifact(args: argparse.Namespace) -> None:
     from qdrant_client import QdrantClient, models
 
     from ai_assets.lib.evaluation.retrieval import search_documents
+    from ai_assets.resources.data_folder import data_folder_from_environment as data_dir
     from ai_assets.resources.embeddings import EmbeddingModelResource
-    from ai_assets.lib.tables import data_dir
 
     model = EmbeddingModelResource()
     model._load().encode(["warm up"])
@@ -240,7 +243,9 @@ def scifact(args: argparse.Namespace) -> None:
     # MTEB's convention: the model reads only the start of each document (it truncates at 256 tokens).
     # Ranking by first chunks alone reproduces that reading from the same index.
     first = models.Filter(must=[models.FieldCondition(key="chunk_index", match=models.MatchValue(value=0))])
-    ranked = search_documents(client, "knowledge-base", vectors, top_documents=100, chunks_per_document=1, query_filter=first)
+    ranked = search_documents(
+        client, "knowledge-base", vectors, top_documents=100, chunks_per_document=1, query_filter=first
+    )
     ndcg, recall = score(ranked, ids, qrels)
     emit("scifact_first_chunk_ndcg_at_10", ndcg)
     emit("scifact_first_chunk_recall_at_100", recall)

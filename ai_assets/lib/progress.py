@@ -41,10 +41,7 @@ class Progress:
             pct = 100.0 * self.done / self.total
             remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
             eta = f"ETA {remaining:.0f} s" if remaining != float("inf") else "ETA unknown"
-            return (
-                f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:.1f}%), "
-                f"{rate:.1f} {self.unit}/s, {eta}"
-            )
+            return f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:.1f}%), {rate:.1f} {self.unit}/s, {eta}"
         return f"{self.label}: {self.done} {self.unit}, {rate:.1f} {self.unit}/s"
 
     def finish(self) -> None:

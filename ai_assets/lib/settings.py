@@ -5,6 +5,11 @@ is caught when the code location loads, with a message that names the variable, 
 secret's only by length) and says what a valid one looks like; and so that every setting is listed in
 one place for the README and the tests. An empty variable counts as unset: its default applies.
 
+Resources read every setting through `dg.EnvVar` when a run starts (see `ai_assets.resources`). An
+`EnvVar` has no default in Dagster, so `apply_defaults` writes each unset variable's default text into
+the environment of every process that loads the code location (code server, daemon, run worker): the
+run then reads its own environment, and an unset variable means the same default everywhere.
+
 The first read of any setting validates them all and reports every invalid one at once, so a user fixes
 a broken environment in one round instead of one variable per load.
 """
@@ -15,7 +20,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,17 +51,31 @@ Parser = Callable[[str], Any]
 class Setting:
     """One environment variable: `parse` turns its text into the value or raises `_Invalid`.
 
-    `env_kind` says how a resource field receives it: "str" and "int" through `dg.EnvVar` /
-    `dg.EnvVar.int` (read again when a run starts), "literal" as the parsed value, because Dagster 1.13
-    has no environment-variable source for float fields and a bool needs our parsing, not Dagster's.
+    `env_kind` says how a resource field receives it: "int" through `dg.EnvVar.int`, everything else
+    through `dg.EnvVar` into a `str` field. Dagster 1.13 has no environment-variable source for float
+    fields, and its bool source neither accepts an `EnvVar` from Python nor our true/false spellings;
+    so float, bool, JSON and folder settings reach their resource as text and are parsed there, when
+    the run uses them, by `parse` (an error names the variable and its value). `default=None` means
+    "unset means off": its text is "" and resources treat "" as unset.
     """
 
     name: str
     default: Any
     parse: Parser
     expected: str
-    env_kind: str = "literal"
+    env_kind: str = "str"
     secret: bool = False
+
+    @property
+    def default_text(self) -> str:
+        """The default as the variable's text: what `apply_defaults` writes for an unset variable."""
+        if self.default is None:
+            return ""
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, dict):
+            return json.dumps(self.default)
+        return str(self.default)
 
 
 # --- parsers ---------------------------------------------------------------------------------------
@@ -199,7 +218,8 @@ _SECONDS = "a number of seconds > 0, e.g. 30"
 
 _ALL = [
     # Storage and sources
-    Setting("AI_ASSETS_DATA_DIR", ".data", _folder, "a folder (created when missing)"),
+    # Unset: `.data` in DAGSTER_HOME, else in the current folder (see `lib.tables.resolve_data_dir`).
+    Setting("AI_ASSETS_DATA_DIR", None, _folder, "a folder (created when missing)"),
     Setting("AI_ASSETS_SOURCES", "", _sources, "comma/newline separated name=location or location", "str"),
     Setting("HTTP_TIMEOUT_S", 10.0, _number(0, exclusive=True), _SECONDS),
     Setting("HTTP_MAX_BYTES", 5_000_000, _integer(1), f"{_WHOLE} of bytes >= 1", "int"),
@@ -215,8 +235,8 @@ _ALL = [
     Setting("EMBEDDING_DEVICE", "cpu", _device, "cpu, cuda, cuda:N, mps, xpu, ...", "str"),
     Setting("EMBEDDING_BATCH_SIZE", 64, _integer(1), f"{_WHOLE} >= 1", "int"),
     Setting("EMBEDDING_THREADS", 0, _integer(0), f"{_WHOLE} >= 0 (0: all cores)", "int"),
-    Setting("CHUNK_SIZE", 200, _integer(1), f"{_WHOLE} of tokens >= 1"),
-    Setting("CHUNK_OVERLAP", 32, _integer(0), f"{_WHOLE} of tokens >= 0, below CHUNK_SIZE"),
+    Setting("CHUNK_SIZE", 200, _integer(1), f"{_WHOLE} of tokens >= 1", "int"),
+    Setting("CHUNK_OVERLAP", 32, _integer(0), f"{_WHOLE} of tokens >= 0, below CHUNK_SIZE", "int"),
     Setting("AI_ASSETS_TIMEZONE", "UTC", _timezone, "an IANA timezone, e.g. Europe/Paris"),
     # The LLM
     Setting("OPENAI_BASE_URL", None, _url, "an http(s) URL, e.g. http://vllm:8000/v1", "str"),
@@ -230,7 +250,7 @@ _ALL = [
     Setting("OPENAI_REQUESTS_PER_MINUTE", None, _number(0, exclusive=True), "a number > 0"),
     Setting("OPENAI_TOKENS_PER_MINUTE", None, _number(0, exclusive=True), "a number > 0"),
     # Batch inference
-    Setting("INFERENCE_MAX_PROMPT_CHARS", 200_000, _integer(1), f"{_WHOLE} >= 1"),
+    Setting("INFERENCE_MAX_PROMPT_CHARS", 200_000, _integer(1), f"{_WHOLE} >= 1", "int"),
     Setting("INFERENCE_MAX_ERROR_RATE", 0.01, _number(0, maximum=1), "a fraction from 0 to 1, e.g. 0.01"),
     Setting("AI_ASSETS_INFERENCE_INBOX", None, _folder, "a folder (created when missing)"),
     # RAG evaluation
@@ -238,8 +258,8 @@ _ALL = [
     # stop the whole code location, ingestion included, from loading.
     Setting("RAG_EVAL_SET", "", _text, "a .jsonl file or BEIR folder"),
     Setting("RAG_EVAL_DOC_ID_PREFIX", "", _text, "a document id prefix, e.g. scifact#"),
-    Setting("RAG_EVAL_SYNTHESIZE", 0, _integer(0), f"{_WHOLE} of questions >= 0"),
-    Setting("RAG_EVAL_MAX_ANSWERED", 30, _integer(0), f"{_WHOLE} of questions >= 0"),
+    Setting("RAG_EVAL_SYNTHESIZE", 0, _integer(0), f"{_WHOLE} of questions >= 0", "int"),
+    Setting("RAG_EVAL_MAX_ANSWERED", 30, _integer(0), f"{_WHOLE} of questions >= 0", "int"),
     Setting("RAG_THRESHOLDS", DEFAULT_THRESHOLDS, _thresholds, 'a JSON object, e.g. {"ndcg_at_10": 0.6}'),
     Setting("RAG_REGRESSION_TOLERANCE", 0.02, _number(0), "a number >= 0, e.g. 0.02"),
     Setting("RAGAS_JUDGE_BASE_URL", "", _url, "an http(s) URL of an OpenAI-compatible API"),
@@ -280,9 +300,7 @@ def problems(environ: Mapping[str, str]) -> tuple[list[str], dict[str, Any]]:
     size = values.get("CHUNK_SIZE", SETTINGS["CHUNK_SIZE"].default)
     overlap = values.get("CHUNK_OVERLAP")
     if overlap is not None and overlap >= size:
-        found.append(
-            _describe(SETTINGS["CHUNK_OVERLAP"], environ["CHUNK_OVERLAP"], f"not below CHUNK_SIZE ({size})")
-        )
+        found.append(_describe(SETTINGS["CHUNK_OVERLAP"], environ["CHUNK_OVERLAP"], f"not below CHUNK_SIZE ({size})"))
     return found, values
 
 
@@ -306,14 +324,11 @@ def check_environment() -> None:
     _parsed()
 
 
-def is_set(name: str) -> bool:
-    """Whether the variable holds a value (an empty variable counts as unset)."""
-    _require(name)
-    return bool(os.environ.get(name))
-
-
 def value(name: str) -> Any:
-    """The setting's value: parsed from its variable when set, its default otherwise."""
+    """The setting's value in this process: parsed from its variable when set, its default otherwise.
+
+    For what must be known when the code location loads (the schedules' AI_ASSETS_TIMEZONE) and for
+    tests; everything a run uses is read through its resource instead (see `ai_assets.resources`)."""
     setting = _require(name)
     return _parsed().get(name, setting.default)
 
@@ -322,3 +337,31 @@ def _require(name: str) -> Setting:
     if name not in SETTINGS:
         raise KeyError(f"{name} is not a registered setting of ai_assets.lib.settings")
     return SETTINGS[name]
+
+
+def apply_defaults(environ: MutableMapping[str, str] | None = None) -> None:
+    """Write each unset (or empty) setting's default text into `environ` (this process's environment).
+
+    Dagster's `EnvVar` has no default: an unset variable fails the run that reads it. Called wherever
+    the code location loads (code server, daemon, run worker), this makes every registered variable
+    present, so every resource field can be an `EnvVar` and an unset variable means its default in
+    every process. Only this registry's names are written, and a set variable is never changed.
+    """
+    target = os.environ if environ is None else environ
+    for setting in _ALL:
+        if not target.get(setting.name):
+            target[setting.name] = setting.default_text
+
+
+def parse(name: str, text: str | None, *, field: str | None = None) -> Any:
+    """The value of setting `name` from `text` (a resource field's text, read from the variable when
+    the run started): its default when empty. Raises `SettingError` naming the variable, the value and,
+    when given, the resource field that held it."""
+    setting = _require(name)
+    if not text:
+        return setting.default
+    try:
+        return setting.parse(text)
+    except _Invalid as err:
+        problem = _describe(setting, text, str(err))
+        raise SettingError([f"{problem} [{field}]" if field else problem]) from None

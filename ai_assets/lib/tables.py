@@ -22,17 +22,18 @@ import pyarrow.parquet as pq
 from ai_assets.lib import settings
 
 
-def data_dir() -> Path:
-    """The project's data folder (Qdrant files, tables, caches): `AI_ASSETS_DATA_DIR`; by default
-    `.data` inside `DAGSTER_HOME` (the instance's folder), else inside the current folder.
+def resolve_data_dir(configured: str = "") -> Path:
+    """The project's data folder (Qdrant files, tables, caches, inference files): `configured` (the
+    data-folder resource's `path`, from AI_ASSETS_DATA_DIR) when set; else `.data` inside
+    `DAGSTER_HOME` (the instance's folder), else inside the current folder.
 
     Anchored to DAGSTER_HOME so that a command started from another folder, the code server and the
-    run workers of one instance all find the same data, as they find the same run storage.
+    run workers of one instance all find the same data, as they find the same run storage. Resolved
+    each time it is asked for, in the process that asks (a run worker, a sensor evaluation).
     """
-    configured = os.environ.get("AI_ASSETS_DATA_DIR", "").strip()
-    if configured:
-        return Path(settings.value("AI_ASSETS_DATA_DIR")).expanduser().resolve()
-    home = os.environ.get("DAGSTER_HOME", "").strip()
+    if configured.strip():
+        return Path(settings.parse("AI_ASSETS_DATA_DIR", configured.strip())).expanduser().resolve()
+    home = os.environ.get("DAGSTER_HOME", "").strip()  # Dagster's own variable, not a setting of ours
     return (Path(home).expanduser() / ".data").resolve() if home else Path(".data").resolve()
 
 
@@ -45,18 +46,14 @@ class ParquetTable:
     # Small facts about how the rows were made (settings fingerprints, failed sources), as JSON values.
     attrs: Mapping[str, Any] = field(default_factory=dict)
 
-    def iter_batches(
-        self, columns: Sequence[str] | None = None, batch_size: int = 8192
-    ) -> Iterator[pa.RecordBatch]:
+    def iter_batches(self, columns: Sequence[str] | None = None, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
         if self.num_rows == 0:
             return
         yield from pq.ParquetFile(self.path).iter_batches(
             batch_size=batch_size, columns=list(columns) if columns else None
         )
 
-    def iter_rows(
-        self, columns: Sequence[str] | None = None, batch_size: int = 8192
-    ) -> Iterator[dict[str, Any]]:
+    def iter_rows(self, columns: Sequence[str] | None = None, batch_size: int = 8192) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches(columns, batch_size):
             yield from batch.to_pylist()
 
@@ -116,11 +113,10 @@ def asset_dir(base_dir: Path, asset_key: dg.AssetKey, partition_key: str | None)
     return folder / partition_key if partition_key else folder
 
 
-def latest_table(
-    asset_key: dg.AssetKey, base_dir: Path | None = None, partition_key: str | None = None
-) -> ParquetTable | None:
-    """The most recent stored output of an asset, or None before its first materialization."""
-    pointer = asset_dir(base_dir or data_dir() / "tables", asset_key, partition_key) / "latest.json"
+def latest_table(asset_key: dg.AssetKey, base_dir: Path, partition_key: str | None = None) -> ParquetTable | None:
+    """The most recent stored output of an asset under `base_dir` (the tables folder of the data
+    folder), or None before its first materialization."""
+    pointer = asset_dir(base_dir, asset_key, partition_key) / "latest.json"
     if not pointer.exists():
         return None
     table = ParquetTable.from_json(json.loads(pointer.read_text()))

@@ -1,12 +1,22 @@
 """Every resource of the code location, configured from the environment with embedded defaults.
 
-Each setting is declared once in `ai_assets.lib.settings` (variable, default, valid values). Every set
-variable is validated here, when the code location loads, so a bad value stops the load with a message
-naming the variable and its value instead of failing a run later. String and integer settings are then
-passed as `dg.EnvVar` / `dg.EnvVar.int`, read again when a run starts (secrets never appear in the UI);
-float and bool settings are passed as their parsed values, because Dagster 1.13 has no environment-variable
-source for `float` fields (only `EnvVar` for str and `EnvVar.int` for int). A run re-loads the code
-location in its own process, so those values are that process's too.
+Each setting is declared once in `ai_assets.lib.settings` (variable, default, valid values). When the
+code location loads, every set variable is validated, so a bad value stops the load with a message
+naming the variable and its value instead of failing a run later; then `settings.apply_defaults` writes
+the default text of every unset variable into this process's environment.
+
+Every setting then reaches its resource as `dg.EnvVar` (`dg.EnvVar.int` for integers), which Dagster
+resolves in the process that runs the step, from that process's environment, when the run starts. So
+the code server, the daemon and a run worker (a Kubernetes pod with its own environment) each read their
+own variables, the UI shows which variable feeds each field instead of a value captured at load, and
+secrets are never shown. Dagster 1.13 has no environment-variable source for float fields, and its bool
+source cannot be fed by a Python `EnvVar` (nor reads our true/false spellings): float, bool and JSON
+settings are therefore `str` fields, parsed by their resource with the registry's parser when the run
+uses them (an error names the variable, its value and the field), rather than literal values captured
+at load, which a run could silently not share with the code server.
+
+The run's per-run choices stay in each asset's `dg.Config`, with literal defaults; `None` there means
+"the resource's value".
 """
 
 from __future__ import annotations
@@ -16,27 +26,50 @@ from typing import Any
 import dagster as dg
 
 from ai_assets.lib import settings
+from ai_assets.resources.chunking import ChunkingResource
+from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.evaluation import EvaluationResource, JudgeResource
+from ai_assets.resources.inference import InferenceResource
+from ai_assets.resources.io_manager import ParquetTableIOManager
 from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.resources.io_manager import ParquetTableIOManager
+
+__all__ = [
+    "ChunkingResource",
+    "DataFolderResource",
+    "DocumentSourcesResource",
+    "EmbeddingModelResource",
+    "EvaluationResource",
+    "InferenceResource",
+    "JudgeResource",
+    "LLMResource",
+    "ParquetTableIOManager",
+    "QdrantResource",
+    "build_resources",
+    "setting_field",
+]
 
 
 def setting_field(name: str) -> Any:
-    """What a resource field receives for setting `name`: its default when unset, else an `EnvVar`
-    for str/int settings and the validated value for the others."""
-    value = settings.value(name)  # validates every set variable, naming each invalid one
-    kind = settings.SETTINGS[name].env_kind
-    if not settings.is_set(name) or kind == "literal":
-        return value
-    return dg.EnvVar(name) if kind == "str" else dg.EnvVar.int(name)
+    """What a resource field receives for setting `name`: `dg.EnvVar.int` for an integer setting,
+    `dg.EnvVar` for every other one; read from the environment of the process that runs the step."""
+    kind = settings.SETTINGS[name].env_kind  # KeyError for a name that is not registered
+    return dg.EnvVar.int(name) if kind == "int" else dg.EnvVar(name)
 
 
 def build_resources() -> dict[str, Any]:
+    # Validate the user's environment first (an error names every invalid variable), then make every
+    # unset variable hold its default text, so that each EnvVar below resolves in every process.
     settings.check_environment()
+    settings.apply_defaults()
+    data_folder = DataFolderResource(path=setting_field("AI_ASSETS_DATA_DIR"))
     return {
+        "data_folder": data_folder,
+        "table_io_manager": ParquetTableIOManager(data_folder=data_folder),
         "qdrant": QdrantResource(
+            data_folder=data_folder,
             url=setting_field("QDRANT_URL"),
             api_key=setting_field("QDRANT_API_KEY"),
             path=setting_field("QDRANT_PATH"),
@@ -48,6 +81,9 @@ def build_resources() -> dict[str, Any]:
             batch_size=setting_field("EMBEDDING_BATCH_SIZE"),
             threads=setting_field("EMBEDDING_THREADS"),
         ),
+        "chunking": ChunkingResource(
+            chunk_size=setting_field("CHUNK_SIZE"), chunk_overlap=setting_field("CHUNK_OVERLAP")
+        ),
         "document_sources": DocumentSourcesResource(
             sources=setting_field("AI_ASSETS_SOURCES"),
             http_timeout_s=setting_field("HTTP_TIMEOUT_S"),
@@ -55,7 +91,6 @@ def build_resources() -> dict[str, Any]:
             max_file_bytes=setting_field("LOCAL_MAX_FILE_BYTES"),
             follow_external_symlinks=setting_field("AI_ASSETS_FOLLOW_EXTERNAL_SYMLINKS"),
         ),
-        "table_io_manager": ParquetTableIOManager(),
         # Neither OPENAI_BASE_URL nor OPENAI_API_KEY set: the embedded SmolLM2 server.
         "llm": LLMResource(
             base_url=setting_field("OPENAI_BASE_URL"),
@@ -68,5 +103,24 @@ def build_resources() -> dict[str, Any]:
             max_attempts=setting_field("OPENAI_MAX_ATTEMPTS"),
             requests_per_minute=setting_field("OPENAI_REQUESTS_PER_MINUTE"),
             tokens_per_minute=setting_field("OPENAI_TOKENS_PER_MINUTE"),
+        ),
+        "inference": InferenceResource(
+            data_folder=data_folder,
+            inbox=setting_field("AI_ASSETS_INFERENCE_INBOX"),
+            max_prompt_chars=setting_field("INFERENCE_MAX_PROMPT_CHARS"),
+            max_error_rate=setting_field("INFERENCE_MAX_ERROR_RATE"),
+        ),
+        "evaluation": EvaluationResource(
+            eval_set=setting_field("RAG_EVAL_SET"),
+            doc_id_prefix=setting_field("RAG_EVAL_DOC_ID_PREFIX"),
+            synthesize_questions=setting_field("RAG_EVAL_SYNTHESIZE"),
+            max_answered_questions=setting_field("RAG_EVAL_MAX_ANSWERED"),
+            thresholds=setting_field("RAG_THRESHOLDS"),
+            regression_tolerance=setting_field("RAG_REGRESSION_TOLERANCE"),
+        ),
+        "judge": JudgeResource(
+            base_url=setting_field("RAGAS_JUDGE_BASE_URL"),
+            model=setting_field("RAGAS_JUDGE_MODEL"),
+            api_key=setting_field("RAGAS_JUDGE_API_KEY"),
         ),
     }

@@ -234,7 +234,12 @@ class LlamaServer:
     def _one_token_completion(self, timeout_s: float) -> bool:
         response = httpx.post(
             f"{self.base_url}/chat/completions",
-            json={"model": self.alias, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1, "temperature": 0},
+            json={
+                "model": self.alias,
+                "messages": [{"role": "user", "content": "Say OK."}],
+                "max_tokens": 1,
+                "temperature": 0,
+            },
             timeout=timeout_s,
         )
         if response.status_code != 200:

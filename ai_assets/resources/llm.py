@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import dagster as dg
 from pydantic import PrivateAttr
 
+from ai_assets.lib import settings
 from ai_assets.resources.llama_server import (
     EMBEDDED_MODEL_ALIAS,
     EmbeddedServerDied,
@@ -43,11 +44,13 @@ class LLMResource(dg.ConfigurableResource):
     organization: str | None = None
     project: str | None = None
     model: str = ""
-    timeout_s: float = 120.0
+    # Text, parsed when used (`timeout`, `rate_limits`): Dagster has no environment-variable source for
+    # floats, and as text these stay `EnvVar`s read by the run. Empty rate limits mean none.
+    timeout_s: str = "120.0"
     max_in_flight: int = 16
     max_attempts: int = 6
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
+    requests_per_minute: str = ""
+    tokens_per_minute: str = ""
     embedded_n_ctx: int = 2048
     embedded_threads: int = 0
     # For tests and custom llama.cpp-compatible servers: the argv run instead of
@@ -59,6 +62,21 @@ class LLMResource(dg.ConfigurableResource):
 
     _server: LlamaServer | None = PrivateAttr(default=None)
     _restarts: int = PrivateAttr(default=0)
+
+    @property
+    def timeout(self) -> float:
+        """`timeout_s` in seconds; raises `SettingError` naming OPENAI_TIMEOUT_S when malformed."""
+        return settings.parse("OPENAI_TIMEOUT_S", self.timeout_s, field="LLMResource.timeout_s")
+
+    def rate_limits(self) -> tuple[float | None, float | None]:
+        """(requests, tokens) per minute, None where unlimited; a malformed one raises `SettingError`
+        naming OPENAI_REQUESTS_PER_MINUTE or OPENAI_TOKENS_PER_MINUTE."""
+        return (
+            settings.parse(
+                "OPENAI_REQUESTS_PER_MINUTE", self.requests_per_minute, field="LLMResource.requests_per_minute"
+            ),
+            settings.parse("OPENAI_TOKENS_PER_MINUTE", self.tokens_per_minute, field="LLMResource.tokens_per_minute"),
+        )
 
     @property
     def embedded(self) -> bool:
@@ -103,22 +121,27 @@ class LLMResource(dg.ConfigurableResource):
         import openai
 
         self.ensure_server(log)
-        return openai.AsyncOpenAI(
-            base_url=self._server.base_url if self._server else self.base_url,
+        timeout = self.timeout
+        client = openai.AsyncOpenAI(
+            # Every value explicit: the SDK falls back to OPENAI_* variables for a None, and those hold
+            # "" for unset (see `settings.apply_defaults`), which it would take as a URL or header.
+            base_url=self._server.base_url if self._server else (self.base_url or "https://api.openai.com/v1"),
             api_key=self.api_key or "not-needed",
-            organization=self.organization,
-            project=self.project,
-            timeout=self.timeout_s,
+            organization=self.organization or None,
+            project=self.project or None,
+            timeout=timeout,
             max_retries=0,
             # The SDK's own client class (its defaults kept), sized so every in-flight request has a
             # kept-alive connection instead of paying a new handshake.
             http_client=openai.DefaultAsyncHttpxClient(
-                limits=httpx2.Limits(
-                    max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight
-                ),
-                timeout=self.timeout_s,
+                limits=httpx2.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight),
+                timeout=timeout,
             ),
         )
+        # An empty organization or project would still be sent as an empty header: none is sent.
+        client.organization = self.organization or None
+        client.project = self.project or None
+        return client
 
     def guard(self, call: Callable[[A], Awaitable[R]]) -> Callable[[A], Awaitable[R]]:
         """`call`, except that a failure while the embedded server is dead raises `EmbeddedServerDied`

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ai_assets.lib.tables import data_dir
+from ai_assets.lib import settings
+from ai_assets.resources.data_folder import DataFolderResource
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -59,8 +60,12 @@ class QdrantResource(dg.ConfigurableResource):
     Local mode keeps the whole collection in this process and takes an exclusive lock on its folder, so
     a second process (another step, another run) waits here for up to `lock_timeout_s` instead of
     failing at once; the `qdrant` concurrency pool keeps such waits rare.
+
+    `url` (QDRANT_URL), `api_key` (QDRANT_API_KEY) and `path` (QDRANT_PATH) empty mean unset: the
+    embedded Qdrant in `qdrant` inside the data folder.
     """
 
+    data_folder: DataFolderResource
     url: str | None = None
     api_key: str | None = None
     path: str | None = None
@@ -80,7 +85,9 @@ class QdrantResource(dg.ConfigurableResource):
 
     @property
     def local_path(self) -> Path:
-        return Path(self.path).expanduser().resolve() if self.path else data_dir() / "qdrant"
+        if not self.path:
+            return self.data_folder.qdrant_dir
+        return Path(settings.parse("QDRANT_PATH", self.path, field="QdrantResource.path")).expanduser().resolve()
 
     def get_client(self, log: dg.DagsterLogManager | None = None) -> QdrantClient:
         """The client, opened on first use so steps that never touch Qdrant never take the lock."""
@@ -128,7 +135,7 @@ class QdrantResource(dg.ConfigurableResource):
         # The client's own version check runs in a thread and only warns "Failed to obtain server
         # version" when the server is down; it is done below, after the server has answered.
         client = QdrantClient(
-            url=self.url, api_key=self.api_key, timeout=self.timeout_s, check_compatibility=False
+            url=self.url, api_key=self.api_key or None, timeout=self.timeout_s, check_compatibility=False
         )
         try:
             client.get_collections()
@@ -174,9 +181,7 @@ class QdrantResource(dg.ConfigurableResource):
         if client.collection_exists(name):
             size = client.get_collection(name).config.params.vectors.size  # type: ignore[union-attr]
             if size != dimension:
-                raise ValueError(
-                    f"Qdrant collection {name} holds {size}-d vectors, the model makes {dimension}-d"
-                )
+                raise ValueError(f"Qdrant collection {name} holds {size}-d vectors, the model makes {dimension}-d")
             return False
         client.create_collection(
             name,
@@ -196,9 +201,7 @@ class QdrantResource(dg.ConfigurableResource):
             return previous
         operations: list = []
         if previous is not None:
-            operations.append(
-                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias))
-            )
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)))
         operations.append(
             models.CreateAliasOperation(
                 create_alias=models.CreateAlias(collection_name=collection, alias_name=self.alias)

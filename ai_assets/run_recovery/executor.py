@@ -78,9 +78,7 @@ class PoolRecoveringExecutor(Executor):
     def step_dependency_config(self) -> StepDependencyConfig:
         return self.inner.step_dependency_config
 
-    def execute(
-        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
-    ) -> Iterator[DagsterEvent]:
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
         record = this_process_record()
         yield DagsterEvent.engine_event(
             plan_context,

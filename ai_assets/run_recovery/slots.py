@@ -36,7 +36,6 @@ from ai_assets.run_recovery.workers import (
     worker_record,
 )
 
-
 # The events that carry a pid: the worker's record and Dagster's own (run worker, multiprocess parent),
 # and each step subprocess of the multiprocess executor, which outlives a SIGKILL of its parent alone.
 PID_EVENT_TYPES = {
@@ -67,10 +66,7 @@ class Outcome:
 
     def line(self) -> str:
         action = "marked failed and freed its slots" if self.freed else "left alone"
-        return (
-            f"run {self.run_id} ({self.status}, pools {', '.join(self.pools)}): {action}: "
-            f"{self.judgement.reason}"
-        )
+        return f"run {self.run_id} ({self.status}, pools {', '.join(self.pools)}): {action}: {self.judgement.reason}"
 
 
 def free_command(run_id: str) -> str:

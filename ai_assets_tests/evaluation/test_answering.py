@@ -39,7 +39,9 @@ def test_prompt_without_room_or_passages_says_so() -> None:
         build_prompt("Q", [], max_context_chars=-1)
 
 
-def _answer(server: FakeOpenAIServer, prompts: list[list[dict[str, str]]], **kwargs: object) -> list[tuple[str | None, str | None]]:
+def _answer(
+    server: FakeOpenAIServer, prompts: list[list[dict[str, str]]], **kwargs: object
+) -> list[tuple[str | None, str | None]]:
     async def go() -> list[tuple[str | None, str | None]]:
         async with openai.AsyncOpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=10) as client:
             return await answer_questions(client, "answer-model", prompts, max_in_flight=2, max_tokens=64, **kwargs)  # type: ignore[arg-type]

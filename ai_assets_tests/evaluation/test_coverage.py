@@ -23,7 +23,10 @@ def test_only_questions_with_missing_relevant_docs_are_reported_in_order() -> No
         question("q4", "docs/gone.md"),
     ]
     found = unindexed_judgements(questions, indexed)
-    assert [(j.question_id, j.doc_ids, j.relevant) for j in found] == [("q2", ("scifact#2",), 2), ("q4", ("docs/gone.md",), 1)]
+    assert [(j.question_id, j.doc_ids, j.relevant) for j in found] == [
+        ("q2", ("scifact#2",), 2),
+        ("q4", ("docs/gone.md",), 1),
+    ]
 
 
 def test_the_intended_id_is_guessed_from_the_same_tail_or_a_close_spelling() -> None:

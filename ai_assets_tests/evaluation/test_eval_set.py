@@ -18,9 +18,10 @@ from ai_assets.lib.evaluation.eval_set import (
     load_golden_jsonl,
 )
 from ai_assets.lib.ingestion.sources import Document, HttpSettings, SourceSpec, read_source
-from ai_assets_tests.corpora import REPO_ROOT, SCIFACT
+from ai_assets.resources.sources import sample_corpus_path
+from ai_assets_tests.corpora import SCIFACT
 
-SAMPLE_CORPUS = REPO_ROOT / "ai_assets" / "ingestion" / "sample_corpus"
+SAMPLE_CORPUS = sample_corpus_path()
 
 
 def _ingested(spec: SourceSpec, tmp_path: Path) -> dict[str, Document]:
@@ -113,11 +114,26 @@ def test_load_eval_set_reads_a_jsonl_file(tmp_path: Path) -> None:
 def test_graded_relevance_optional_fields_crlf_bom_and_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "graded.jsonl"
     lines = [
-        json.dumps({"id": "a", "question": " Which? ", "relevance": {"d1": 2, "d2": 1, "d3": 0},
-                    "reference_answer": "", "synthetic": True, "notes": "ignored"}),
+        json.dumps(
+            {
+                "id": "a",
+                "question": " Which? ",
+                "relevance": {"d1": 2, "d2": 1, "d3": 0},
+                "reference_answer": "",
+                "synthetic": True,
+                "notes": "ignored",
+            }
+        ),
         "",
-        json.dumps({"id": "b", "question": "What?", "relevant_doc_ids": ["d2", "d4"],
-                    "reference_answer": "It.", "reference_contexts": ["x", "y"]}),
+        json.dumps(
+            {
+                "id": "b",
+                "question": "What?",
+                "relevant_doc_ids": ["d2", "d4"],
+                "reference_answer": "It.",
+                "reference_contexts": ["x", "y"],
+            }
+        ),
     ]
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
     a, b = load_golden_jsonl(path)
@@ -142,19 +158,19 @@ def test_every_problem_is_reported_with_path_line_and_field(tmp_path: Path) -> N
     good = {"id": "q1", "question": "Ok?", "relevant_doc_ids": ["d"]}
     path = _write(
         tmp_path,
-        good,                                                              # 1
-        {"id": "q2", "relevant_doc_ids": ["d"]},                           # 2 no question
-        {"id": "q1", "question": "Again?", "relevant_doc_ids": ["d"]},     # 3 duplicate id
-        {"id": "q4", "question": "List?", "relevant_doc_ids": "d"},        # 4 not a list
-        {"id": "q5", "question": "Ints?", "relevant_doc_ids": ["d", 7]},   # 5 not strings
-        "{not json",                                                       # 6
-        {"id": 6, "question": "", "relevant_doc_ids": ["d"]},              # 7 two problems
-        {"id": "q8", "question": "Where?"},                                # 8 no judgements
-        {"id": "q9", "question": "Grade?", "relevance": {"d": "high"}},   # 9
-        {"id": "q10", "question": "Zero?", "relevance": {"d": 0}},         # 10
+        good,  # 1
+        {"id": "q2", "relevant_doc_ids": ["d"]},  # 2 no question
+        {"id": "q1", "question": "Again?", "relevant_doc_ids": ["d"]},  # 3 duplicate id
+        {"id": "q4", "question": "List?", "relevant_doc_ids": "d"},  # 4 not a list
+        {"id": "q5", "question": "Ints?", "relevant_doc_ids": ["d", 7]},  # 5 not strings
+        "{not json",  # 6
+        {"id": 6, "question": "", "relevant_doc_ids": ["d"]},  # 7 two problems
+        {"id": "q8", "question": "Where?"},  # 8 no judgements
+        {"id": "q9", "question": "Grade?", "relevance": {"d": "high"}},  # 9
+        {"id": "q10", "question": "Zero?", "relevance": {"d": 0}},  # 10
         {"id": "q11", "question": "Both?", "relevant_doc_ids": ["d"], "relevance": {"d": 1}},  # 11
         {"id": "q12", "question": "Ctx?", "relevant_doc_ids": ["d"], "reference_contexts": "x"},  # 12
-        ["a list"],                                                        # 13
+        ["a list"],  # 13
         {"id": "q14", "question": "Syn?", "relevant_doc_ids": ["d"], "synthetic": "yes"},  # 14
         {"id": "q15", "question": "Twice?", "relevant_doc_ids": ["d", "d"]},  # 15
     )
@@ -206,7 +222,9 @@ def test_a_beir_file_passed_as_golden_set_gets_a_hint(tmp_path: Path) -> None:
     folder = _beir_folder(tmp_path)
     problems = _problems(folder / "queries.jsonl")
     assert problems[0] == f"{folder / 'queries.jsonl'}:1: id: missing"
-    assert problems[-1] == f"{folder / 'queries.jsonl'}: hint: {folder} looks like a BEIR folder; pass the folder instead"
+    assert (
+        problems[-1] == f"{folder / 'queries.jsonl'}: hint: {folder} looks like a BEIR folder; pass the folder instead"
+    )
 
 
 def test_load_eval_set_rejects_unknown_locations(tmp_path: Path) -> None:
@@ -228,11 +246,15 @@ def test_load_eval_set_rejects_unknown_locations(tmp_path: Path) -> None:
 def _beir_folder(tmp_path: Path, qrels: str | None = None, queries: list[str] | None = None) -> Path:
     folder = tmp_path / "tinybeir"
     (folder / "qrels").mkdir(parents=True)
-    lines = queries if queries is not None else [
-        json.dumps({"_id": "q1", "text": "first claim"}),
-        json.dumps({"_id": "q2", "text": "unjudged claim"}),
-        json.dumps({"_id": "q3", "text": " third claim ", "metadata": {}}),
-    ]
+    lines = (
+        queries
+        if queries is not None
+        else [
+            json.dumps({"_id": "q1", "text": "first claim"}),
+            json.dumps({"_id": "q2", "text": "unjudged claim"}),
+            json.dumps({"_id": "q3", "text": " third claim ", "metadata": {}}),
+        ]
+    )
     (folder / "queries.jsonl").write_text("\n".join(lines) + "\n")
     rows = qrels if qrels is not None else "query-id\tcorpus-id\tscore\r\nq3\td9\t2\r\nq1\td1\t1\r\nq1\td2\t0\r\n"
     (folder / "qrels" / "test.tsv").write_bytes(rows.encode())

@@ -12,11 +12,10 @@ from qdrant_client import models
 from ai_assets.lib.evaluation.eval_set import GOLDEN_SETS_DIR
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import LLMResource
-from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource, sample_corpus_path
-from ai_assets.resources.io_manager import ParquetTableIOManager
 from ai_assets_tests.domains import domain_defs
-from ai_assets_tests.ingestion.harness import ingest, qdrant_client
+from ai_assets_tests.ingestion.harness import ingest, qdrant_client, table_rows
+from ai_assets_tests.resources import qdrant_on_data_folder, settings_resources
 
 pytestmark = pytest.mark.slow
 SAMPLE = f"sample_corpus={sample_corpus_path()}"
@@ -28,22 +27,24 @@ def evaluation_defs(embedding_model: EmbeddingModelResource) -> dg.Definitions:
         assets=[*ingestion.assets, *evaluation.assets],
         asset_checks=[*ingestion.asset_checks, *evaluation.asset_checks],
         resources={
-            "qdrant": QdrantResource(lock_timeout_s=30),
+            **settings_resources(),
+            "qdrant": qdrant_on_data_folder(lock_timeout_s=30),
             "embedding_model": embedding_model,
             "document_sources": DocumentSourcesResource(sources=SAMPLE),
-            "table_io_manager": ParquetTableIOManager(),
             "llm": LLMResource(max_in_flight=2),
         },
     )
 
 
 def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, answered: int) -> dg.ExecuteInProcessResult:
-    job = dg.define_asset_job(
-        "evaluate_only", selection=dg.AssetSelection.groups("evaluation")
-    ).resolve(asset_graph=defs.resolve_asset_graph(), resource_defs=defs.resources)
+    job = dg.define_asset_job("evaluate_only", selection=dg.AssetSelection.groups("evaluation")).resolve(
+        asset_graph=defs.resolve_asset_graph(), resource_defs=defs.resources
+    )
     return job.execute_in_process(
         instance=instance,
-        run_config={"ops": {"rag_quality_metrics": {"config": {"max_answered_questions": answered, "answer_max_tokens": 48}}}},
+        run_config={
+            "ops": {"rag_quality_metrics": {"config": {"max_answered_questions": answered, "answer_max_tokens": 48}}}
+        },
         raise_on_error=False,
     )
 
@@ -69,14 +70,40 @@ def test_quality_metrics_offline_then_a_regression_is_caught(
         assert 0.0 <= meta[name] <= 1.0, name
     assert meta["ndcg_at_10"] >= 0.5  # the golden set was written against these pages
     assert meta["relevant_docs_not_indexed"] == 0 and meta["questions_with_unindexed_relevant_docs"] == 0
-    assert {"semantic_similarity", "rouge_l", "non_llm_string_similarity", "non_llm_context_recall"} <= set(meta["metrics"])
+    assert {"semantic_similarity", "rouge_l", "non_llm_string_similarity", "non_llm_context_recall"} <= set(
+        meta["metrics"]
+    )
     # Reference sentences are compared as the chunks holding them: context recall reflects retrieval
     # (recall@3 of this golden set is near 1), not the length mismatch between a sentence and a chunk.
     assert meta["reference_contexts_aligned_to_chunks"] == meta["reference_contexts"] > 0
     assert meta["non_llm_context_recall"] >= 0.5
     rows = [json.loads(line) for line in Path(meta["per_question"]).read_text().splitlines()]
     assert len(rows) == 30 and sum(1 for r in rows if r.get("answer")) >= 3  # SmolLM2 answered
-    assert "| id | question |" in meta["worst_questions"]
+    # The ten worst questions as a table, worst first, with the per-question results' own values.
+    assert [c.name for c in meta["worst_questions"].schema.columns] == [
+        "id",
+        "question",
+        "ndcg_at_10",
+        "first_relevant_rank",
+        "answer",
+        "answer_error",
+    ]
+    worst = table_rows(meta["worst_questions"])
+    by_id = {r["id"]: r for r in rows}
+    assert len(worst) == 10 and len({w["id"] for w in worst}) == 10
+    assert [w["ndcg_at_10"] for w in worst] == sorted(w["ndcg_at_10"] for w in worst)
+    assert worst[0]["ndcg_at_10"] == round(min(r["ndcg_at_10"] for r in rows), 4)
+    for w in worst:
+        assert w["question"] == by_id[w["id"]]["question"]
+        assert abs(w["ndcg_at_10"] - by_id[w["id"]]["ndcg_at_10"]) < 1e-4
+        # The answer on one line, clipped to 200 characters.
+        answer = (by_id[w["id"]].get("answer") or "").replace("\n", " ")
+        assert answer.startswith((w["answer"] or "").removesuffix("…")) and bool(w["answer"]) == bool(answer)
+        # nDCG@10 is above 0 exactly when a relevant document is among the first ten.
+        rank = w["first_relevant_rank"]
+        assert (rank is not None and rank <= 10) == (w["ndcg_at_10"] > 0), w
+    eval_set = metadata(first, "rag_eval_set")
+    assert eval_set["dagster/row_count"] == eval_set["questions"] == 30
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"metrics_meet_thresholds": True, "no_regression": True}
 
@@ -87,7 +114,9 @@ def test_quality_metrics_offline_then_a_regression_is_caught(
         client.delete(
             "knowledge-base",
             points_selector=models.FilterSelector(
-                filter=models.Filter(must_not=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=keep))])
+                filter=models.Filter(
+                    must_not=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=keep))]
+                )
             ),
         )
     finally:

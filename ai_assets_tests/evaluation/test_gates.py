@@ -1,8 +1,10 @@
 """Threshold and regression gates, worked out by hand."""
 
+import dagster as dg
 import pytest
 
-from ai_assets.lib.evaluation.gates import configured_thresholds, regressions, threshold_failures
+from ai_assets.lib.evaluation.gates import DEFAULT_THRESHOLDS, regressions, threshold_failures
+from ai_assets.resources import EvaluationResource, setting_field
 
 
 def test_threshold_failures_name_the_metric_and_the_gap() -> None:
@@ -23,6 +25,14 @@ def test_regressions_respect_tolerance_and_direction() -> None:
     assert regressions({"ndcg_at_10": 0.9}, previous, tolerance=0.02) == {}  # improvements pass
 
 
+def configured_thresholds() -> dict[str, float]:
+    """The thresholds a run reads: the `evaluation` resource's field fed by RAG_THRESHOLDS, resolved
+    from the environment now, as when a run starts."""
+    resource = EvaluationResource(thresholds=setting_field("RAG_THRESHOLDS"))
+    with resource.process_config_and_initialize_cm() as resolved:
+        return resolved.threshold_map()
+
+
 def test_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_THRESHOLDS", '{"ndcg_at_10": 0.6}')
     assert configured_thresholds() == {"ndcg_at_10": 0.6}
@@ -32,3 +42,7 @@ def test_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("RAG_THRESHOLDS", '{"ndcg_at_10": "high"}')
     with pytest.raises(ValueError, match="metric -> number"):
         configured_thresholds()
+    # The resource's own default (no environment at all) is the documented one.
+    assert EvaluationResource().threshold_map() == DEFAULT_THRESHOLDS
+    assert EvaluationResource().tolerance() == 0.02
+    assert dg.EnvVar("RAG_THRESHOLDS") == setting_field("RAG_THRESHOLDS")

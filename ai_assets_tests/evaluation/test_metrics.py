@@ -102,7 +102,8 @@ def test_report_keys_follow_ks() -> None:
     report = retrieval_report({"q": ["a"]}, {"q": {"a": 1}}, ks=(2, 7))
     assert list(report) == ["ndcg_at_10", "mrr_at_10", "recall_at_2", "recall_at_7", "hit_rate_at_2", "hit_rate_at_7"]
     assert set(retrieval_report({}, {})) == {
-        "ndcg_at_10", "mrr_at_10",
+        "ndcg_at_10",
+        "mrr_at_10",
         *(f"{m}_at_{k}" for m in ("recall", "hit_rate") for k in (1, 3, 5, 10, 100)),
     }
     assert all(v == 0.0 for v in retrieval_report({}, {}).values())
@@ -111,8 +112,8 @@ def test_report_keys_follow_ks() -> None:
 def test_which_queries_count() -> None:
     rankings = {
         "found": ["a"],
-        "unjudged": ["a"],          # no qrels: ignored
-        "all_zero": ["z"],          # judged, but nothing relevant: excluded (trec_eval / BEIR)
+        "unjudged": ["a"],  # no qrels: ignored
+        "all_zero": ["z"],  # judged, but nothing relevant: excluded (trec_eval / BEIR)
     }
     qrels = {"found": {"a": 1}, "all_zero": {"z": 0}, "not_run": {"b": 1}}
     per_query = per_query_retrieval(rankings, qrels, ks=(1,))
@@ -122,7 +123,10 @@ def test_which_queries_count() -> None:
         "not_run": {"ndcg_at_10": 0.0, "mrr_at_10": 0.0, "recall_at_1": 0.0, "hit_rate_at_1": 0.0},
     }
     assert retrieval_report(rankings, qrels, ks=(1,)) == {
-        "ndcg_at_10": 0.5, "mrr_at_10": 0.5, "recall_at_1": 0.5, "hit_rate_at_1": 0.5,
+        "ndcg_at_10": 0.5,
+        "mrr_at_10": 0.5,
+        "recall_at_1": 0.5,
+        "hit_rate_at_1": 0.5,
     }
 
 

@@ -92,7 +92,9 @@ def test_non_llm_metrics_rank_a_perfect_answer_above_a_wrong_one(embed: Callable
     assert all(no_reference[name] is None for name in NON_LLM_METRICS)
 
 
-def test_context_precision_rewards_ranking_the_reference_passage_first(embed: Callable[[list[str]], np.ndarray]) -> None:
+def test_context_precision_rewards_ranking_the_reference_passage_first(
+    embed: Callable[[list[str]], np.ndarray],
+) -> None:
     first, second, nothing = score_without_llm(
         [
             QuestionSample(QUESTION, REFERENCE, [PARIS, BANANA], None, [PARIS]),
@@ -225,7 +227,9 @@ class _JudgeHandler(openai_server._Handler):
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": payload.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             },
         )

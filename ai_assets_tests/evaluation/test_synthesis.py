@@ -13,6 +13,7 @@ from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 from ai_assets_tests.ingestion.harness import ingest
+from ai_assets_tests.resources import settings_resources
 
 
 def chunk(i: int) -> dict:
@@ -44,9 +45,10 @@ def test_eval_set_adds_llm_written_questions(
     assert ingest(f"docs={tmp_path / 'docs'}", instance, embedding_model).success
     with FakeOpenAIServer() as server:
         result = dg.materialize(
-            [rag_eval_set],
+            # The chunks come from the ingestion run above, loaded by the tables IO manager.
+            [dg.AssetSpec("document_chunks").with_io_manager_key("table_io_manager"), rag_eval_set],
             instance=instance,
-            resources={"llm": LLMResource(base_url=server.base_url, api_key="k")},
+            resources={**settings_resources(), "llm": LLMResource(base_url=server.base_url, api_key="k")},
             run_config={"ops": {"rag_eval_set": {"config": {"synthesize_questions": 3}}}},
         )
         assert server.total_requests == 3
@@ -54,3 +56,22 @@ def test_eval_set_adds_llm_written_questions(
     synthetic = [q for q in questions if q.synthetic]
     assert len(questions) == 30 + 3 and len(synthetic) == 3
     assert all(q.question and next(iter(q.relevant)).startswith("docs/") for q in synthetic)
+
+
+def test_eval_set_needs_the_chunks_only_to_synthesize(data_dir: Path, instance: dg.DagsterInstance) -> None:
+    # No ingestion yet: the golden set alone is built; synthetic questions say what is missing.
+    def build(count: int) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            [dg.AssetSpec("document_chunks").with_io_manager_key("table_io_manager"), rag_eval_set],
+            instance=instance,
+            resources={**settings_resources(), "llm": LLMResource(base_url="http://127.0.0.1:9", api_key="k")},
+            run_config={"ops": {"rag_eval_set": {"config": {"synthesize_questions": count}}}},
+            raise_on_error=False,
+        )
+
+    golden = build(0)
+    assert golden.success and len(golden.output_for_node("rag_eval_set")) == 30
+    synthesized = build(3)
+    assert not synthesized.success
+    (failure,) = [e for e in synthesized.all_events if e.is_step_failure]
+    assert "synthesize_questions needs document_chunks" in failure.step_failure_data.error.to_string()

@@ -80,7 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self._record("models")
-        self._send_json({"object": "list", "data": [{"id": self.options.model_alias, "object": "model", "owned_by": "me"}]})
+        self._send_json(
+            {"object": "list", "data": [{"id": self.options.model_alias, "object": "model", "owned_by": "me"}]}
+        )
 
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
         if self.path.rstrip("/") != "/v1/chat/completions":
@@ -100,7 +102,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": 0,
                 "model": self.options.model_alias,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": len(content.split()), "completion_tokens": len(answer.split()), "total_tokens": 0},
+                "usage": {
+                    "prompt_tokens": len(content.split()),
+                    "completion_tokens": len(answer.split()),
+                    "total_tokens": 0,
+                },
             }
         )
         self._answered = content
@@ -116,7 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _die(self) -> None:
         number = signal.Signals[f"SIG{self.options.signal.upper()}"]
-        print(f"fake llama server: completion {self.completions} received, killing itself with {number.name}", file=sys.stderr, flush=True)
+        print(
+            f"fake llama server: completion {self.completions} received, killing itself with {number.name}",
+            file=sys.stderr,
+            flush=True,
+        )
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left behind
         os.kill(os.getpid(), number)
 
@@ -131,7 +141,11 @@ class _Handler(BaseHTTPRequestHandler):
 def main(argv: list[str]) -> None:
     _Handler.options = _options(argv)
     server = HTTPServer((_Handler.options.host, _Handler.options.port), _Handler)
-    print(f"fake llama server: pid {os.getpid()} serving {_Handler.options.model_alias} on port {server.server_port}", file=sys.stderr, flush=True)
+    print(
+        f"fake llama server: pid {os.getpid()} serving {_Handler.options.model_alias} on port {server.server_port}",
+        file=sys.stderr,
+        flush=True,
+    )
     server.serve_forever()
 
 

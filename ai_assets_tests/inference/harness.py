@@ -6,6 +6,7 @@ import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_files, inference_outputs
 from ai_assets.resources.llm import LLMResource
+from ai_assets_tests.resources import settings_resources
 
 
 def materialize_partition(instance: dg.DagsterInstance, key: str, llm: LLMResource) -> dg.ExecuteInProcessResult:
@@ -13,7 +14,11 @@ def materialize_partition(instance: dg.DagsterInstance, key: str, llm: LLMResour
     if not instance.has_dynamic_partition(inference_files.name, key):
         instance.add_dynamic_partitions(inference_files.name, [key])
     return dg.materialize(
-        [inference_outputs], partition_key=key, instance=instance, resources={"llm": llm}, raise_on_error=False
+        [inference_outputs],
+        partition_key=key,
+        instance=instance,
+        resources={**settings_resources(), "llm": llm},
+        raise_on_error=False,
     )
 
 

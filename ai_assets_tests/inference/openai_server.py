@@ -286,7 +286,13 @@ class _Handler(BaseHTTPRequestHandler):
                 status = int(fault)
                 outcome = fault
                 headers = {"Retry-After": fake.retry_after} if status == 429 and fake.retry_after else {}
-                error_type = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+                error_type = (
+                    "rate_limit_error"
+                    if status == 429
+                    else "server_error"
+                    if status >= 500
+                    else "invalid_request_error"
+                )
                 message = f"scripted {status} for {item_id}"
                 if status == 401:
                     # Like a careless gateway: echo the credential, so tests can check it is redacted.
@@ -342,7 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retry-after", default="1")
     args = parser.parse_args(argv)
-    latency: float | tuple[float, float] = args.latency[0] if len(args.latency) == 1 else (args.latency[0], args.latency[1])
+    latency: float | tuple[float, float] = (
+        args.latency[0] if len(args.latency) == 1 else (args.latency[0], args.latency[1])
+    )
     with FakeOpenAIServer(latency_s=latency, seed=args.seed, retry_after=args.retry_after) as server:
         print(f"BASE_URL {server.base_url}", flush=True)
         sys.stdin.read()  # the parent closing our stdin (or exiting) ends the server

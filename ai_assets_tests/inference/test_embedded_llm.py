@@ -14,8 +14,9 @@ import dagster as dg
 import pytest
 
 from ai_assets.defs.inference.assets import inference_files, inference_outputs
-from ai_assets.lib.inference.files import output_path, read_outputs
+from ai_assets.lib.inference.files import read_outputs
 from ai_assets.resources.llm import LLMResource
+from ai_assets_tests.resources import inference_folders, settings_resources
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,10 @@ def test_embedded_model_answers_with_real_tokens(
     monkeypatch.setenv("AI_ASSETS_INFERENCE_INBOX", str(inbox))
     questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?"]
     (inbox / "smol.jsonl").write_text(
-        "".join(json.dumps({"id": f"s{i}", "prompt": q, "max_tokens": 12, "temperature": 0}) + "\n" for i, q in enumerate(questions))
+        "".join(
+            json.dumps({"id": f"s{i}", "prompt": q, "max_tokens": 12, "temperature": 0}) + "\n"
+            for i, q in enumerate(questions)
+        )
     )
     instance.add_dynamic_partitions(inference_files.name, ["smol.jsonl"])
     before = set(llama_servers())
@@ -50,10 +54,10 @@ def test_embedded_model_answers_with_real_tokens(
         [inference_outputs],
         partition_key="smol.jsonl",
         instance=instance,
-        resources={"llm": LLMResource(max_in_flight=2)},
+        resources={**settings_resources(), "llm": LLMResource(max_in_flight=2)},
     )
     assert result.success
-    rows = read_outputs(output_path("smol.jsonl"))
+    rows = read_outputs(inference_folders().output_path("smol.jsonl"))
     assert [r.id for r in rows] == ["s0", "s1", "s2"]
     for row in rows:
         assert row.succeeded and row.output and row.output.strip()
@@ -74,7 +78,12 @@ def test_server_stops_when_the_step_fails(instance: dg.DagsterInstance) -> None:
         started.append(llm._server.process.pid)  # type: ignore[union-attr]
         raise RuntimeError("the step fails after the server started")
 
-    result = dg.materialize([uses_then_fails], instance=instance, resources={"llm": LLMResource()}, raise_on_error=False)
+    result = dg.materialize(
+        [uses_then_fails],
+        instance=instance,
+        resources={**settings_resources(), "llm": LLMResource()},
+        raise_on_error=False,
+    )
     assert not result.success and started
     assert not alive(started[0])
 

@@ -9,17 +9,21 @@ import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_files, inference_outputs
 from ai_assets.defs.inference.automation import inference_inbox_sensor
-from ai_assets.lib.inference.files import output_path, read_outputs
+from ai_assets.lib.inference.files import read_outputs
 from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
+from ai_assets_tests.ingestion.harness import table_rows
+from ai_assets_tests.resources import inference_folders, settings_resources
 
 
 def write_requests(path: Path, lines: list[dict | str]) -> None:
     path.write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines))
 
 
-def materialize(key: str, server: FakeOpenAIServer, instance: dg.DagsterInstance, **llm_kw) -> dg.ExecuteInProcessResult:
+def materialize(
+    key: str, server: FakeOpenAIServer, instance: dg.DagsterInstance, **llm_kw
+) -> dg.ExecuteInProcessResult:
     llm = LLMResource(base_url=server.base_url, api_key="sk-test-secret", **llm_kw)
     return materialize_partition(instance, key, llm)
 
@@ -46,7 +50,7 @@ def test_every_input_gets_exactly_one_row_in_order(inbox: Path, instance: dg.Dag
         assert server.requests_for("q11") == 1  # a 400 is not retried
         assert server.requests_for("q5") == 3
 
-    rows = read_outputs(output_path("batch.jsonl"))
+    rows = read_outputs(inference_folders().output_path("batch.jsonl"))
     assert [r.id for r in rows] == [f"q{i}" for i in range(20)]
     assert [r.id for r in rows if not r.succeeded] == ["q11"]
     assert "400" in rows[11].error and "sk-test-secret" not in json.dumps([r.__dict__ for r in rows])
@@ -57,7 +61,19 @@ def test_every_input_gets_exactly_one_row_in_order(inbox: Path, instance: dg.Dag
     assert (meta["items"], meta["succeeded"], meta["failed"], meta["invalid_lines"]) == (20, 19, 1, 1)
     assert meta["retries"] == 1 + 2 + 1 + 1
     assert meta["prompt_tokens"] == sum(r.prompt_tokens for r in rows)
-    assert "sk-test-secret" not in json.dumps(meta, default=str)
+    # The output file is the partition's table: its row count in the keys the UI shows.
+    assert meta["dagster/row_count"] == meta["dagster/partition_row_count"] == meta["output_rows"] == len(rows)
+    # The preview table: the first answers, then the first errors, with their tokens and attempts.
+    preview = table_rows(meta["preview"])
+    assert [p["id"] for p in preview] == ["q0", "q1", "q2", "q3", "q4", "q11"]
+    by_id = {r.id: r for r in rows}
+    for p in preview:
+        row = by_id[p["id"]]
+        assert (p["output"], p["error"], p["attempts"]) == (row.output, row.error, row.attempts)
+        assert (p["prompt_tokens"], p["completion_tokens"]) == (row.prompt_tokens, row.completion_tokens)
+    assert "400" in preview[-1]["error"] and preview[-1]["output"] is None
+    plain = {k: table_rows(v) if isinstance(v, dg.TableMetadataValue) else v for k, v in meta.items()}
+    assert "sk-test-secret" not in json.dumps(plain, default=str)
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     # 1 error in 20 is 5%, over the default 1% threshold: the batch is flagged, not lost.
     assert evaluations == {"one_output_per_input": True, "error_rate_within_threshold": False}
@@ -76,7 +92,7 @@ def test_rerun_pays_only_for_what_failed(inbox: Path, instance: dg.DagsterInstan
         assert {i: server.requests_for(f"r{i}") for i in range(6)} == {0: 1, 1: 1, 2: 4, 3: 1, 4: 1, 5: 1}
     meta = metadata(second)
     assert meta["skipped_already_answered"] == 5 and meta["answered_this_run"] == 1
-    assert read_outputs(output_path("resume.jsonl"))[2].attempts == 4
+    assert read_outputs(inference_folders().output_path("resume.jsonl"))[2].attempts == 4
 
 
 def test_strict_mode_and_unusable_files_fail_with_file_and_line(inbox: Path, instance: dg.DagsterInstance) -> None:
@@ -88,7 +104,7 @@ def test_strict_mode_and_unusable_files_fail_with_file_and_line(inbox: Path, ins
             [inference_outputs],
             partition_key="strict.jsonl",
             instance=instance,
-            resources={"llm": LLMResource(base_url=server.base_url, api_key="k")},
+            resources={**settings_resources(), "llm": LLMResource(base_url=server.base_url, api_key="k")},
             run_config={"ops": {"inference_outputs": {"config": {"strict": True}}}},
             raise_on_error=False,
         )
@@ -102,7 +118,9 @@ def test_strict_mode_and_unusable_files_fail_with_file_and_line(inbox: Path, ins
 
 def test_inbox_sensor_adds_a_partition_once_per_file_content(inbox: Path, instance: dg.DagsterInstance) -> None:
     def tick(cursor: str | None) -> dg.SensorResult:
-        result = inference_inbox_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+        resources = {"inference": settings_resources()["inference"]}
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+            result = inference_inbox_sensor(context)
         return result if isinstance(result, dg.SensorResult) else dg.SensorResult(skip_reason=result)
 
     assert tick(None).run_requests in ([], None)

@@ -13,12 +13,15 @@ from pathlib import Path
 import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_outputs
-from ai_assets.lib.inference.files import file_digest, ledger_path, output_path, read_outputs
+from ai_assets.lib.inference.files import file_digest, read_outputs
 from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
+from ai_assets_tests.resources import inference_folders, settings_resources
 
 
-def test_sigkill_mid_batch_then_rerun(tmp_path: Path, data_dir: Path, instance: dg.DagsterInstance, monkeypatch) -> None:
+def test_sigkill_mid_batch_then_rerun(
+    tmp_path: Path, data_dir: Path, instance: dg.DagsterInstance, monkeypatch
+) -> None:
     inbox = tmp_path / "inbox"
     monkeypatch.setenv("AI_ASSETS_INFERENCE_INBOX", str(inbox))
     source = tmp_path / "night.jsonl"
@@ -50,10 +53,11 @@ def test_sigkill_mid_batch_then_rerun(tmp_path: Path, data_dir: Path, instance: 
             proc.wait()
         assert 24 <= server.total_requests < 80, "the batch was not killed part-way"
 
-        ledger = ledger_path("night.jsonl", file_digest(inbox / "night.jsonl"))
+        ledger = inference_folders().ledger_path("night.jsonl", file_digest(inbox / "night.jsonl"))
         answered_before = {json.loads(line)["id"] for line in ledger.read_text().splitlines() if line.strip()}
         assert answered_before and len(answered_before) < 80
-        assert not output_path("night.jsonl").exists()  # outputs are written only when the batch is complete
+        # Outputs are written only when the batch is complete.
+        assert not inference_folders().output_path("night.jsonl").exists()
 
         # Dagster's retry (or a person) runs it again in another process: here, in this one.
         instance.add_dynamic_partitions("inference_files", ["night.jsonl"])
@@ -61,7 +65,10 @@ def test_sigkill_mid_batch_then_rerun(tmp_path: Path, data_dir: Path, instance: 
             [inference_outputs],
             partition_key="night.jsonl",
             instance=instance,
-            resources={"llm": LLMResource(base_url=server.base_url, api_key="test", max_in_flight=4)},
+            resources={
+                **settings_resources(),
+                "llm": LLMResource(base_url=server.base_url, api_key="test", max_in_flight=4),
+            },
         )
         assert result.success
         # Nothing answered before the kill was asked again; the rest once (or twice for the handful
@@ -70,7 +77,7 @@ def test_sigkill_mid_batch_then_rerun(tmp_path: Path, data_dir: Path, instance: 
             assert server.requests_for(item_id) == 1, item_id
         assert server.total_requests <= 80 + 4
 
-    rows = read_outputs(output_path("night.jsonl"))
+    rows = read_outputs(inference_folders().output_path("night.jsonl"))
     assert [r.id for r in rows] == [f"n{i}" for i in range(80)]
     assert all(r.succeeded for r in rows)
     assert all(e.passed for e in result.get_asset_check_evaluations())

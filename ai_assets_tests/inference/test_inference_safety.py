@@ -9,11 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ai_assets.lib.inference.files import read_outputs
 from ai_assets.lib.llm.retry import MIN_SECRET_FRAGMENT
-from ai_assets.lib.inference.files import output_path, read_outputs
 from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
+from ai_assets_tests.resources import inference_folders
 
 API_KEY = "sk-proj-Zq8hT3kP0wYb7uVn2LmR5sXcJ4dE"
 SECRET_PART = API_KEY.removeprefix("sk-proj-")
@@ -89,7 +90,7 @@ def test_an_echoed_api_key_is_redacted_from_outputs_ledger_and_run_storage(
         assert server.requests_for("bare") == 1  # a 401 is final: the key was echoed exactly once per item
     assert result.success
 
-    rows = {row.id: row for row in read_outputs(output_path("keys.jsonl"))}
+    rows = {row.id: row for row in read_outputs(inference_folders().output_path("keys.jsonl"))}
     assert rows["fine"].succeeded
     for item in ("whole", "bare", "part"):
         assert rows[item].error.startswith("auth_error (HTTP 401): "), rows[item].error
@@ -101,9 +102,6 @@ def test_an_echoed_api_key_is_redacted_from_outputs_ledger_and_run_storage(
     assert any("ledgers" in path.parts for path in stored)
     assert any(path.suffix == ".db" for path in stored)  # the run and event log storage
     leaks = [
-        (str(path), fragment)
-        for path in stored
-        for fragment in fragments
-        if fragment.encode() in path.read_bytes()
+        (str(path), fragment) for path in stored for fragment in fragments if fragment.encode() in path.read_bytes()
     ]
     assert leaks == []

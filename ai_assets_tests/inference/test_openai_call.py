@@ -86,7 +86,7 @@ ITEMS = [
                 ],
             },
             {"role": "assistant", "content": "A square."},
-            {"role": "user", "content": "Ünïcode ✓ and \"quotes\""},
+            {"role": "user", "content": 'Ünïcode ✓ and "quotes"'},
         ),
         line=2,
         model="other-model",
@@ -140,9 +140,7 @@ def _client(base_url: str, pool: int, stagger_s: float = 0.0) -> openai.AsyncOpe
             await asyncio.sleep((sent - 1) * stagger_s)
 
     limits = httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)
-    http_client = openai.DefaultAsyncHttpxClient(
-        limits=limits, event_hooks={"request": [stagger]} if stagger_s else {}
-    )
+    http_client = openai.DefaultAsyncHttpxClient(limits=limits, event_hooks={"request": [stagger]} if stagger_s else {})
     return openai.AsyncOpenAI(base_url=base_url, api_key="test", max_retries=0, timeout=10, http_client=http_client)
 
 
@@ -162,8 +160,12 @@ def test_warm_up_opens_n_connections_before_the_first_request_and_the_batch_reus
                 ]
                 with ResultLedger(tmp_path / "l.jsonl") as ledger:
                     stats = await run_batch(
-                        items, make_openai_call(client, "m"), ledger=ledger, max_in_flight=8,
-                        retry=RetryPolicy(max_attempts=1), rng=random.Random(0),
+                        items,
+                        make_openai_call(client, "m"),
+                        ledger=ledger,
+                        max_in_flight=8,
+                        retry=RetryPolicy(max_attempts=1),
+                        rng=random.Random(0),
                     )
                 assert stats.succeeded == 40
                 return held, connections_after_warm_up, server.stats()["connections"]

@@ -14,12 +14,10 @@ from ai_assets.lib.inference.files import (
     MAX_KEY_BYTES,
     InvalidPartitionKeyError,
     check_partition_key,
-    input_path,
     key_for_name,
-    ledger_path,
-    output_path,
     partition_key_for,
 )
+from ai_assets_tests.resources import inference_folders, settings_resources
 
 HOSTILE_KEYS = [
     "../../../../outside/evil.jsonl",
@@ -67,7 +65,12 @@ def test_every_generated_key_is_valid_and_stable() -> None:
 
 def test_paths_refuse_hostile_keys_naming_the_key(inbox: Path) -> None:
     for key in HOSTILE_KEYS:
-        for build in (input_path, output_path, lambda k: ledger_path(k, "0" * 64)):
+        folders = inference_folders()
+        for build in (
+            folders.input_path,
+            folders.output_path,
+            lambda k, folders=folders: folders.ledger_path(k, "0" * 64),
+        ):
             with pytest.raises(InvalidPartitionKeyError) as raised:
                 build(key)
             assert repr(key) in str(raised.value)
@@ -79,9 +82,9 @@ def test_paths_stay_inside_their_folders_even_through_a_symlink(inbox: Path, tmp
     (outside / "secret.jsonl").write_text('{"id": 1, "prompt": "private"}\n')
     (inbox / "linked.jsonl").symlink_to(outside / "secret.jsonl")
     with pytest.raises(InvalidPartitionKeyError, match="'linked.jsonl'.*outside"):
-        input_path("linked.jsonl")
-    assert input_path("plain.jsonl") == inbox / "plain.jsonl"
-    assert output_path("日本.jsonl").name == "日本.jsonl.outputs.jsonl"
+        inference_folders().input_path("linked.jsonl")
+    assert inference_folders().input_path("plain.jsonl") == inbox / "plain.jsonl"
+    assert inference_folders().output_path("日本.jsonl").name == "日本.jsonl.outputs.jsonl"
 
 
 def test_sensor_keeps_unicode_files_apart_and_skips_unsafe_ones(
@@ -93,7 +96,9 @@ def test_sensor_keeps_unicode_files_apart_and_skips_unsafe_ones(
     outside.write_text('{"id": 1, "prompt": "private"}\n')
     (inbox / "escape.jsonl").symlink_to(outside)
 
-    result = inference_inbox_sensor(dg.build_sensor_context(instance=instance))
+    # The inference resource holds the data folder (a nested resource): the context opens them.
+    with dg.build_sensor_context(instance=instance, resources={"inference": settings_resources()["inference"]}) as ctx:
+        result = inference_inbox_sensor(ctx)
     assert isinstance(result, dg.SensorResult)
     assert sorted(r.partition_key for r in result.run_requests) == ["中国.jsonl", "日本.jsonl"]
     assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["中国.jsonl", "日本.jsonl"]

@@ -56,7 +56,7 @@ def test_requests_per_minute_paces_after_the_initial_burst() -> None:
     times = asyncio.run(go())
     assert times[:10] == [0.0] * 10  # the burst goes at once
     assert times[-1] == pytest.approx(3.0)  # the other 30 at 10/s
-    gaps = [b - a for a, b in zip(times[10:], times[11:])]
+    gaps = [b - a for a, b in zip(times[10:], times[11:], strict=False)]
     assert all(g == pytest.approx(0.1) for g in gaps)
 
 

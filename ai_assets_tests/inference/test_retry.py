@@ -25,7 +25,9 @@ from ai_assets.lib.llm.retry import (
 REQUEST = httpx2.Request("POST", "https://api.example.test/v1/chat/completions")
 
 
-def status_error(status: int, headers: dict[str, str] | None = None, body: object | None = None) -> openai.APIStatusError:
+def status_error(
+    status: int, headers: dict[str, str] | None = None, body: object | None = None
+) -> openai.APIStatusError:
     """The exception the SDK raises for `status`, built the way the SDK builds it."""
     body = body if body is not None else {"error": {"message": f"status {status}"}}
     response = httpx2.Response(status, headers=headers or {}, json=body, request=REQUEST)
@@ -168,7 +170,9 @@ def test_messages_never_carry_api_keys() -> None:
     assert key not in failure.message and key not in failure.describe()
     assert "Incorrect API key" in failure.message
     # An explicitly named secret that does not look like a key is scrubbed too.
-    custom = classify(status_error(403, body={"error": {"message": "token hunter2-token rejected"}}), secrets=["hunter2-token"])
+    custom = classify(
+        status_error(403, body={"error": {"message": "token hunter2-token rejected"}}), secrets=["hunter2-token"]
+    )
     assert "hunter2-token" not in custom.message
     assert redact('{"api_key": "abc123xyz"}') == '{"api_key": "***"}'
     long = classify(status_error(400, body={"error": {"message": "x" * 5000}}))

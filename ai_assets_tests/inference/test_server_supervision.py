@@ -19,12 +19,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ai_assets.lib.inference.files import read_outputs
 from ai_assets.lib.llm.answering import answer_with
 from ai_assets.lib.llm.engine import run_batch
 from ai_assets.lib.llm.items import CallResult, InferenceItem
 from ai_assets.lib.llm.ledger import ResultLedger
 from ai_assets.lib.llm.retry import RetryPolicy
-from ai_assets.lib.inference.files import output_path, read_outputs
 from ai_assets.resources.llama_server import (
     LLAMA_CPP_PYTHON_PIN,
     EmbeddedServerDied,
@@ -33,6 +33,7 @@ from ai_assets.resources.llama_server import (
 )
 from ai_assets.resources.llm import LLMResource
 from ai_assets_tests.inference.harness import error_text, materialize_partition
+from ai_assets_tests.resources import inference_folders
 
 FAKE_SERVER = Path(__file__).with_name("fake_llama_server.py")
 PROBE = "Say OK."  # the readiness probe's message
@@ -77,7 +78,9 @@ def write_prompts(inbox: Path, name: str, count: int) -> list[str]:
 def logged_warnings(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> str:
     """The warnings the step logged (`context.log.warning`), one per line."""
     return "\n".join(
-        r.user_message for r in instance.all_logs(result.run_id) if r.dagster_event is None and r.level == logging.WARNING
+        r.user_message
+        for r in instance.all_logs(result.run_id)
+        if r.dagster_event is None and r.level == logging.WARNING
     )
 
 
@@ -161,7 +164,7 @@ def test_sigill_on_the_first_completion_fails_the_step_with_the_cause_and_the_fi
     # It was asked exactly once to compute — the readiness probe — and no item was ever sent.
     assert events.of("received") == [PROBE] and events.of("answered") == []
     assert len(events.of("models")) == 1
-    assert not output_path("batch.jsonl").exists()
+    assert not inference_folders().output_path("batch.jsonl").exists()
     assert all(gone(pid) for pid in events.pids())
 
 
@@ -175,7 +178,7 @@ def test_a_mid_batch_death_is_survived_once_and_no_answered_item_is_sent_again(
     result = materialize_partition(instance, "batch.jsonl", llm)
 
     assert result.success, error_text(result)
-    rows = read_outputs(output_path("batch.jsonl"))
+    rows = read_outputs(inference_folders().output_path("batch.jsonl"))
     assert [r.id for r in rows] == [f"q{i}" for i in range(12)]
     assert [r.output for r in rows] == [f"answer: {p}" for p in prompts]
 
@@ -204,7 +207,9 @@ def test_a_second_death_fails_the_step_and_what_was_answered_is_kept(
 ) -> None:
     prompts = write_prompts(inbox, "batch.jsonl", 20)
 
-    failed = materialize_partition(instance, "batch.jsonl", stand_in(events, "--die-after", "3", "--signal", "ILL", max_in_flight=2))
+    failed = materialize_partition(
+        instance, "batch.jsonl", stand_in(events, "--die-after", "3", "--signal", "ILL", max_in_flight=2)
+    )
 
     assert not failed.success
     error = error_text(failed)
@@ -223,7 +228,7 @@ def test_a_second_death_fails_the_step_and_what_was_answered_is_kept(
     resent = [c for c in healthy_events.of("received") if c != PROBE]
     assert sorted(resent) == sorted(set(prompts) - set(answered_before))
     assert metadata(rerun)["skipped_already_answered"] == 4
-    assert len(read_outputs(output_path("batch.jsonl"))) == 20
+    assert len(read_outputs(inference_folders().output_path("batch.jsonl"))) == 20
     assert all(gone(pid) for pid in events.pids() + healthy_events.pids())
 
 
@@ -245,7 +250,10 @@ def test_answers_already_on_their_way_are_recorded_before_the_batch_stops(events
         await asyncio.sleep(0.05)  # several event-loop turns: without the wait it is cancelled here
         return CallResult(output="kept", model="m", finish_reason="stop", prompt_tokens=1, completion_tokens=1)
 
-    items = [InferenceItem(id=name, messages=({"role": "user", "content": name},), line=n) for n, name in enumerate(["slow", "fatal", "later"], 1)]
+    items = [
+        InferenceItem(id=name, messages=({"role": "user", "content": name},), line=n)
+        for n, name in enumerate(["slow", "fatal", "later"], 1)
+    ]
     try:
         with ResultLedger(tmp_path / "ledger.jsonl") as ledger:
             with pytest.raises(EmbeddedServerDied, match=r"killed by SIGKILL \(signal 9\) while answering requests"):
@@ -261,7 +269,10 @@ def test_answers_already_on_their_way_are_recorded_before_the_batch_stops(events
 
 
 def _prompts(count: int) -> list[list[dict[str, str]]]:
-    return [[{"role": "system", "content": "Answer."}, {"role": "user", "content": f"eval question {i}"}] for i in range(count)]
+    return [
+        [{"role": "system", "content": "Answer."}, {"role": "user", "content": f"eval question {i}"}]
+        for i in range(count)
+    ]
 
 
 def test_rag_answering_survives_one_death_and_answers_every_question_once(events: Events, tmp_path: Path) -> None:

@@ -140,8 +140,16 @@ def test_unknown_key_warnings_are_bounded_per_key(tmp_path: Path) -> None:
 
 
 def test_null_options_mean_not_given(tmp_path: Path) -> None:
-    record = {"id": "a", "prompt": "p", "messages": None, "model": None, "max_tokens": None,
-              "temperature": None, "response_format": None, "metadata": None}
+    record = {
+        "id": "a",
+        "prompt": "p",
+        "messages": None,
+        "model": None,
+        "max_tokens": None,
+        "temperature": None,
+        "response_format": None,
+        "metadata": None,
+    }
     result = validate_jsonl(write(tmp_path, record))
     assert result.problems == []
     assert result.items[0] == InferenceItem(id="a", messages=({"role": "user", "content": "p"},), line=1)
@@ -151,12 +159,18 @@ def test_every_role_and_content_parts_are_accepted(tmp_path: Path) -> None:
     messages = [
         {"role": "system", "content": "s"},
         {"role": "developer", "content": [{"type": "text", "text": "d"}]},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Describe"},
-            {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}},
-        ]},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
-                                                               "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Describe"},
+                {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
         {"role": "assistant", "content": ""},
     ]
@@ -340,8 +354,11 @@ def test_an_id_is_claimed_by_its_first_line_even_when_that_line_is_invalid(tmp_p
     [
         ({"id": "b"}, None, "needs 'prompt' or 'messages'"),
         ({"id": "b", "prompt": None, "messages": None}, None, "needs 'prompt' or 'messages'"),
-        ({"id": "b", "prompt": "p", "messages": [{"role": "user", "content": "c"}]}, None,
-         "has both 'prompt' and 'messages'; give exactly one"),
+        (
+            {"id": "b", "prompt": "p", "messages": [{"role": "user", "content": "c"}]},
+            None,
+            "has both 'prompt' and 'messages'; give exactly one",
+        ),
         ({"id": "b", "prompt": ""}, "prompt", "must not be empty"),
         ({"id": "b", "prompt": " \n"}, "prompt", "must not be empty"),
         ({"id": "b", "prompt": 3}, "prompt", "must be a string (got 3)"),
@@ -349,36 +366,78 @@ def test_an_id_is_claimed_by_its_first_line_even_when_that_line_is_invalid(tmp_p
         ({"id": "b", "messages": []}, "messages", "must not be empty"),
         ({"id": "b", "messages": "hi"}, "messages", "must be a list of message objects (got 'hi')"),
         ({"id": "b", "messages": {"role": "user"}}, "messages", "must be a list of message objects (got object)"),
-        ({"id": "b", "messages": [{"role": "user", "content": "c"}, "hi"]}, "messages[1]",
-         "must be an object with 'role' and 'content' (got 'hi')"),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": "c"}, "hi"]},
+            "messages[1]",
+            "must be an object with 'role' and 'content' (got 'hi')",
+        ),
         ({"id": "b", "messages": [{"role": "user", "content": "c"}, {"content": "c"}]}, "messages[1].role", "missing"),
-        ({"id": "b", "messages": [{"role": "user", "content": "c"}, {"role": "bot", "content": "c"}]},
-         "messages[1].role", "must be one of system, user, assistant, developer, tool (got 'bot')"),
-        ({"id": "b", "messages": [{"role": "User", "content": "c"}]}, "messages[0].role",
-         "must be one of system, user, assistant, developer, tool (got 'User')"),
-        ({"id": "b", "messages": [{"role": 1, "content": "c"}]}, "messages[0].role",
-         "must be one of system, user, assistant, developer, tool (got 1)"),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": "c"}, {"role": "bot", "content": "c"}]},
+            "messages[1].role",
+            "must be one of system, user, assistant, developer, tool (got 'bot')",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "User", "content": "c"}]},
+            "messages[0].role",
+            "must be one of system, user, assistant, developer, tool (got 'User')",
+        ),
+        (
+            {"id": "b", "messages": [{"role": 1, "content": "c"}]},
+            "messages[0].role",
+            "must be one of system, user, assistant, developer, tool (got 1)",
+        ),
         ({"id": "b", "messages": [{"role": "user"}]}, "messages[0].content", "missing"),
-        ({"id": "b", "messages": [{"role": "user", "content": None}]}, "messages[0].content",
-         "must be a string or a list of content parts (got null)"),
-        ({"id": "b", "messages": [{"role": "assistant", "content": None}]}, "messages[0].content",
-         "must be a string or a list of content parts (got null)"),
-        ({"id": "b", "messages": [{"role": "user", "content": None, "tool_calls": [{"id": "c1"}]}]},
-         "messages[0].content", "must be a string or a list of content parts (got null)"),
-        ({"id": "b", "messages": [{"role": "user", "content": 5}]}, "messages[0].content",
-         "must be a string or a list of content parts (got 5)"),
-        ({"id": "b", "messages": [{"role": "user", "content": {"type": "text"}}]}, "messages[0].content",
-         "must be a string or a list of content parts (got object)"),
-        ({"id": "b", "messages": [{"role": "user", "content": []}]}, "messages[0].content",
-         "must not be an empty list"),
-        ({"id": "b", "messages": [{"role": "user", "content": ["hi"]}]}, "messages[0].content[0]",
-         "must be an object with a 'type' (got 'hi')"),
-        ({"id": "b", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"text": "b"}]}]},
-         "messages[0].content[1].type", "missing"),
-        ({"id": "b", "messages": [{"role": "user", "content": [{"type": 3}]}]}, "messages[0].content[0].type",
-         "must be a non-empty string (got 3)"),
-        ({"id": "b", "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
-         "messages[0].content[0].text", "must be a string (got null)"),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": None}]},
+            "messages[0].content",
+            "must be a string or a list of content parts (got null)",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "assistant", "content": None}]},
+            "messages[0].content",
+            "must be a string or a list of content parts (got null)",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": None, "tool_calls": [{"id": "c1"}]}]},
+            "messages[0].content",
+            "must be a string or a list of content parts (got null)",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            "must be a string or a list of content parts (got 5)",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": {"type": "text"}}]},
+            "messages[0].content",
+            "must be a string or a list of content parts (got object)",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": []}]},
+            "messages[0].content",
+            "must not be an empty list",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": ["hi"]}]},
+            "messages[0].content[0]",
+            "must be an object with a 'type' (got 'hi')",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"text": "b"}]}]},
+            "messages[0].content[1].type",
+            "missing",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": [{"type": 3}]}]},
+            "messages[0].content[0].type",
+            "must be a non-empty string (got 3)",
+        ),
+        (
+            {"id": "b", "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
+            "messages[0].content[0].text",
+            "must be a string (got null)",
+        ),
     ],
 )
 def test_bad_prompt_or_messages(tmp_path: Path, record: dict[str, Any], field: str | None, message: str) -> None:
@@ -438,12 +497,28 @@ def test_temperature_bounds_are_inclusive(tmp_path: Path, temperature: float) ->
 
 
 def test_all_problems_of_one_line_are_reported_in_field_order(tmp_path: Path) -> None:
-    path = write(tmp_path, {"id": True, "prompt": "", "model": "", "max_tokens": 0, "temperature": 5,
-                            "response_format": [], "metadata": 1})
+    path = write(
+        tmp_path,
+        {
+            "id": True,
+            "prompt": "",
+            "model": "",
+            "max_tokens": 0,
+            "temperature": 5,
+            "response_format": [],
+            "metadata": 1,
+        },
+    )
     result = validate_jsonl(path)
     assert result.items == [] and result.lines == 1
     assert [field for _, field in where(result)] == [
-        "id", "prompt", "model", "max_tokens", "temperature", "response_format", "metadata"
+        "id",
+        "prompt",
+        "model",
+        "max_tokens",
+        "temperature",
+        "response_format",
+        "metadata",
     ]
     assert {location for location, _ in where(result)} == {f"{path}:1"}
 

@@ -9,22 +9,19 @@ import dagster as dg
 from qdrant_client import QdrantClient
 
 from ai_assets.defs.ingestion import checks
-from ai_assets.lib.ingestion.audit import IndexAudit, audit_collection, expected_chunk_ids
 from ai_assets.defs.ingestion.automation import rag_ingestion
+from ai_assets.lib.ingestion.audit import IndexAudit, audit_collection, expected_chunk_ids
 from ai_assets.lib.ingestion.chunking import ChunkingSettings
-from ai_assets_tests.domains import domain_defs
 from ai_assets.lib.ingestion.sources import parse_source_specs
 from ai_assets.resources.embeddings import EmbeddingModelResource
-from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.resources.io_manager import ParquetTableIOManager
+from ai_assets_tests.domains import domain_defs
+from ai_assets_tests.resources import qdrant_on_data_folder, settings_resources
 
 # The ingestion domain as the code location autoloads it, without its resources.
 ingestion_defs = domain_defs("ingestion")
 
-index_checks_only = dg.define_asset_job(
-    "index_checks_only", selection=dg.AssetSelection.checks(checks.index_checks)
-)
+index_checks_only = dg.define_asset_job("index_checks_only", selection=dg.AssetSelection.checks(checks.index_checks))
 
 
 def definitions(sources: str, embedding_model: EmbeddingModelResource, **source_kw: Any) -> dg.Definitions:
@@ -33,10 +30,10 @@ def definitions(sources: str, embedding_model: EmbeddingModelResource, **source_
         asset_checks=ingestion_defs.asset_checks,
         jobs=[rag_ingestion, index_checks_only],
         resources={
-            "qdrant": QdrantResource(lock_timeout_s=30),
+            **settings_resources(),
+            "qdrant": qdrant_on_data_folder(lock_timeout_s=30),
             "embedding_model": embedding_model,
             "document_sources": DocumentSourcesResource(sources=sources, **source_kw),
-            "table_io_manager": ParquetTableIOManager(),
         },
     )
 
@@ -82,7 +79,11 @@ def qdrant_client(data_dir: Path) -> QdrantClient:
 
 
 def audit(
-    data_dir: Path, sources: str, embedding_model: EmbeddingModelResource, chunk_size: int = 200, chunk_overlap: int = 32
+    data_dir: Path,
+    sources: str,
+    embedding_model: EmbeddingModelResource,
+    chunk_size: int = 200,
+    chunk_overlap: int = 32,
 ) -> IndexAudit:
     expected = expected_chunk_ids(
         parse_source_specs(sources),
@@ -103,3 +104,9 @@ def alias_target(data_dir: Path) -> str | None:
         return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}.get("knowledge-base")
     finally:
         client.close()
+
+
+def table_rows(value: dg.TableMetadataValue) -> list[dict[str, Any]]:
+    """The records of a table metadata value (a preview the UI renders as a table), as dicts."""
+    assert isinstance(value, dg.TableMetadataValue), f"expected a table, got {type(value).__name__}"
+    return [dict(record.data) for record in value.records]

@@ -11,7 +11,13 @@ from qdrant_client import models
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.http_fixture import Routes, serve
-from ai_assets_tests.ingestion.harness import check_results, ingest, materialization, qdrant_client
+from ai_assets_tests.ingestion.harness import (
+    check_results,
+    ingest,
+    materialization,
+    qdrant_client,
+    table_rows,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +28,20 @@ def points_of(data_dir: Path, doc_id: str) -> set[str]:
         points, _ = client.scroll(
             "knowledge-base",
             limit=1000,
-            scroll_filter=models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]),
+            scroll_filter=models.Filter(
+                must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
+            ),
         )
         return {str(p.id) for p in points}
     finally:
         client.close()
+
+
+def problems_of(raw: dict) -> str:
+    """The problems preview (a table: source, where, problem), one problem a line."""
+    rows = table_rows(raw["problems_preview"])
+    assert rows and all(set(r) == {"source", "where", "problem"} and r["problem"] for r in rows), rows
+    return "\n".join(f"{r['source']} | {r['where']} | {r['problem']}" for r in rows)
 
 
 def warnings_of(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> str:
@@ -49,12 +64,12 @@ def test_unreadable_sources_are_reported_and_keep_their_points(
         url = f"{base}/page.md"
         sources = f"docs={docs},web={url},ghost={tmp_path / 'does-not-exist'}"
 
-        first = ingest(sources, instance, embedding_model, http_timeout_s=2.0)
+        first = ingest(sources, instance, embedding_model, http_timeout_s="2.0")
         assert first.success
         raw = materialization(first, "raw_documents")
         assert raw["documents"] == 3 + 1 + 1  # markdown pages, the valid JSONL record, the URL
         assert raw["sources_unavailable"] == 1
-        preview = raw["problems_preview"]
+        preview = problems_of(raw)
         assert f"{docs / 'records.jsonl'}:2" in preview  # malformed JSONL named as file:line
         assert "latin1.txt" in preview and "empty.md" in preview and "does-not-exist" in preview
         log = warnings_of(instance, first)
@@ -67,7 +82,7 @@ def test_unreadable_sources_are_reported_and_keep_their_points(
         # The server now answers 404 and one page stops decoding: both keep what they had indexed.
         routes.pages["/page.md"] = (404, "text/plain", b"gone")
         good[0].write_bytes(b"\xff\xfe broken bytes")
-        second = ingest(sources, instance, embedding_model, http_timeout_s=2.0)
+        second = ingest(sources, instance, embedding_model, http_timeout_s="2.0")
     assert second.success
     emb = materialization(second, "document_embeddings")
     assert emb["points_preserved"] == len(url_points) + len(page_points)
@@ -75,9 +90,8 @@ def test_unreadable_sources_are_reported_and_keep_their_points(
     assert points_of(data_dir, url) == url_points
     assert points_of(data_dir, f"docs/{good[0].name}") == page_points
     raw = materialization(second, "raw_documents")
-    assert "HTTP 404" in raw["problems_preview"] and raw["sources_unavailable"] == 2
+    assert "HTTP 404" in problems_of(raw) and raw["sources_unavailable"] == 2
     assert all(check_results(second).values()), check_results(second)
-
 
 
 def test_links_out_of_the_folder_and_oversized_files_are_reported_and_never_indexed(
@@ -98,7 +112,7 @@ def test_links_out_of_the_folder_and_oversized_files_are_reported_and_never_inde
     assert first.success
     raw = materialization(first, "raw_documents")
     assert raw["documents"] == 2
-    preview = raw["problems_preview"]
+    preview = problems_of(raw)
     log = warnings_of(instance, first)
     for link in ("hostname.txt", "etc", "loop"):
         assert str(docs / link) in preview and str(docs / link) in log
@@ -115,7 +129,7 @@ def test_links_out_of_the_folder_and_oversized_files_are_reported_and_never_inde
     raw = materialization(second, "raw_documents")
     assert raw["documents"] == 1
     message = f"too large: {size} bytes, over the {limit}-byte limit for one document"
-    assert message in raw["problems_preview"] and "LOCAL_MAX_FILE_BYTES" in raw["problems_preview"]
+    assert message in problems_of(raw) and "LOCAL_MAX_FILE_BYTES" in problems_of(raw)
     assert f"{pages[0]}: {message}" in warnings_of(instance, second)
     emb = materialization(second, "document_embeddings")
     assert emb["points_preserved"] == len(kept) and emb["chunks_deleted"] == 0

@@ -11,8 +11,8 @@ from qdrant_client import models
 
 from ai_assets.defs.ingestion.assets import CHUNK_SCHEMA
 from ai_assets.defs.ingestion.checks import chunk_ids_unique, chunks_not_empty
-from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.lib.tables import TableWriter
+from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.ingestion.harness import alias_target, ingest, qdrant_client, run_index_checks
 
@@ -74,7 +74,9 @@ def test_index_checks_fail_on_a_damaged_index(
     client = qdrant_client(data_dir)
     try:
         stray = str(uuid.uuid4())
-        client.upsert(collection, [models.PointStruct(id=stray, vector=[0.1] * 384, payload={"doc_id": "x", "source": "docs"})])
+        client.upsert(
+            collection, [models.PointStruct(id=stray, vector=[0.1] * 384, payload={"doc_id": "x", "source": "docs"})]
+        )
         probe = healthy["smoke_retrieval"].metadata["probe_chunk_id"].value
         # The probe's vector replaced by an unrelated one: it must no longer be found first.
         client.upsert(collection, [models.PointStruct(id=probe, vector=[1.0] + [0.0] * 383, payload={})])

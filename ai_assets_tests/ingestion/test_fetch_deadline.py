@@ -159,8 +159,7 @@ def test_one_deadline_spans_every_redirect_hop(
     def respond(path: str) -> tuple[bytes, bytes]:
         hop = int(path.rsplit("/", 1)[1])
         head = (
-            f"HTTP/1.1 302 Found\r\nLocation: /hop/{hop + 1}\r\nContent-Length: 0\r\n"
-            "Connection: close\r\n"
+            f"HTTP/1.1 302 Found\r\nLocation: /hop/{hop + 1}\r\nContent-Length: 0\r\nConnection: close\r\n"
         ).encode()
         return head, b"\r\n"
 

@@ -225,7 +225,7 @@ def test_a_limit_that_is_not_positive_is_refused_naming_the_setting(value: int) 
 
 
 def test_the_resource_passes_its_settings_through() -> None:
-    resource = DocumentSourcesResource(max_file_bytes=1234, follow_external_symlinks=True)
+    resource = DocumentSourcesResource(max_file_bytes=1234, follow_external_symlinks="yes")
     assert resource.local_settings() == LocalSettings(max_file_bytes=1234, follow_external_symlinks=True)
     assert DocumentSourcesResource().local_settings() == LocalSettings(20_000_000, False)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
+from ai_assets.defs.ingestion.assets import CHUNK_SCHEMA, DOCUMENT_SCHEMA
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
 from ai_assets_tests.ingestion.harness import (
@@ -16,6 +18,7 @@ from ai_assets_tests.ingestion.harness import (
     ingest,
     materialization,
     qdrant_client,
+    table_rows,
 )
 
 pytestmark = pytest.mark.slow
@@ -35,6 +38,19 @@ def test_incremental_add_change_remove(
     assert all(check_results(first).values()), check_results(first)
     assert audit(data_dir, sources, embedding_model).exact
     points_before = emb["point_count"]
+    # The tables carry the metadata the UI understands: the stored file's real row count and columns.
+    tables = (("raw_documents", DOCUMENT_SCHEMA, "documents"), ("document_chunks", CHUNK_SCHEMA, "chunks"))
+    for asset, schema, count in tables:
+        meta = materialization(first, asset)
+        stored = pq.read_table(meta["path"])
+        assert meta["dagster/row_count"] == stored.num_rows == meta[count] == meta["rows"], asset
+        columns = meta["dagster/column_schema"].columns
+        assert [c.name for c in columns] == stored.column_names == schema.names, asset
+        assert [c.type for c in columns] == [str(t) for t in schema.types], asset
+    assert materialization(first, "raw_documents")["dagster/row_count"] == 12
+    assert table_rows(materialization(first, "raw_documents")["sources_preview"]) == [
+        {"source": "docs", "kind": "path", "location": str(tmp_path / "docs"), "documents": 12, "status": "ok"}
+    ]
 
     # Nothing changed: nothing embedded, nothing written, nothing deleted, and chunks are reused.
     noop = ingest(sources, instance, embedding_model)
@@ -57,9 +73,7 @@ def test_incremental_add_change_remove(
     assert report.exact, report
     # Only text the index had never seen went through the model.
     assert 1 <= emb["chunks_embedded"] <= 1 + materialization(changed, "document_chunks")["chunks"]
-    assert emb["chunks_embedded"] + emb["chunks_reused"] == emb["point_count"] - (
-        points_before - emb["chunks_deleted"]
-    )
+    assert emb["chunks_embedded"] + emb["chunks_reused"] == emb["point_count"] - (points_before - emb["chunks_deleted"])
     assert changed.output_for_node("document_chunks") is not None
 
 

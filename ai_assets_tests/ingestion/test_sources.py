@@ -96,9 +96,7 @@ def test_parse_specs_from_list_keeps_folder_names_with_dots(tmp_path: Path) -> N
 def test_parse_specs_rejects_non_http_scheme_with_position() -> None:
     with pytest.raises(ValueError) as excinfo:
         parse_source_specs("docs=/srv/docs, ftp://x")
-    assert str(excinfo.value) == (
-        "AI_ASSETS_SOURCES entry 2 'ftp://x': only http and https URLs are supported"
-    )
+    assert str(excinfo.value) == ("AI_ASSETS_SOURCES entry 2 'ftp://x': only http and https URLs are supported")
 
 
 def test_parse_specs_rejects_duplicate_names_naming_both_entries() -> None:
@@ -155,9 +153,7 @@ def corpus(tmp_path: Path) -> Path:
     )
     _write(
         root / "corpus.jsonl",
-        '{"_id": "d1", "title": "First", "text": "alpha"}\n'
-        "\n"
-        '{"_id": 7, "title": "", "text": "beta", "metadata": {}}\n',
+        '{"_id": "d1", "title": "First", "text": "alpha"}\n\n{"_id": 7, "title": "", "text": "beta", "metadata": {}}\n',
     )
     # Everything below must be ignored.
     _write(root / "image.png", b"\x89PNG")
@@ -324,12 +320,8 @@ def test_unreadable_file_and_folder() -> None:
         locked_file.chmod(0o644)
         locked_dir.chmod(0o755)
         shutil.rmtree(tmp_path)
-    assert SourceProblem(
-        "perm", str(locked_file), "cannot read: Permission denied", doc_id="perm/locked.md"
-    ) in items
-    assert SourceProblem(
-        "perm", str(locked_dir), "cannot read: Permission denied", source_unavailable=True
-    ) in items
+    assert SourceProblem("perm", str(locked_file), "cannot read: Permission denied", doc_id="perm/locked.md") in items
+    assert SourceProblem("perm", str(locked_dir), "cannot read: Permission denied", source_unavailable=True) in items
     assert [doc.doc_id for doc in _docs(items)] == ["perm/open.md"]
 
 
@@ -406,9 +398,7 @@ def test_single_file_with_unsupported_extension_is_unavailable(tmp_path: Path) -
 
 def test_empty_jsonl_file_is_reported(tmp_path: Path) -> None:
     path = _write(tmp_path / "empty.jsonl", "\n\n")
-    assert _read(_path_spec("e", path), tmp_path) == [
-        SourceProblem("e", str(path), "no records (empty JSONL file)")
-    ]
+    assert _read(_path_spec("e", path), tmp_path) == [SourceProblem("e", str(path), "no records (empty JSONL file)")]
 
 
 # ---------------------------------------------------------------------------
@@ -420,9 +410,7 @@ def test_iter_watched_files_lists_what_read_source_reads(corpus: Path) -> None:
     spec = _path_spec("kb", corpus)
     watched = list(iter_watched_files(spec))
     relpaths = ["corpus.jsonl", "guide.md", "notes.txt", "page.html", "sub/deep/more.md"]
-    assert watched == [
-        (rel, (corpus / rel).stat().st_size, (corpus / rel).stat().st_mtime_ns) for rel in relpaths
-    ]
+    assert watched == [(rel, (corpus / rel).stat().st_size, (corpus / rel).stat().st_mtime_ns) for rel in relpaths]
 
     _write(corpus / "guide.md", "# changed, and longer than before\n")
     os.utime(corpus / "guide.md", ns=(1, 1_000_000_000))
@@ -432,9 +420,7 @@ def test_iter_watched_files_lists_what_read_source_reads(corpus: Path) -> None:
 
 def test_iter_watched_files_single_file_url_and_missing(tmp_path: Path) -> None:
     one = _write(tmp_path / "one.md", "# one\n")
-    assert list(iter_watched_files(_path_spec("one", one))) == [
-        ("one.md", 6, one.stat().st_mtime_ns)
-    ]
+    assert list(iter_watched_files(_path_spec("one", one))) == [("one.md", 6, one.stat().st_mtime_ns)]
     assert list(iter_watched_files(_path_spec("gone", tmp_path / "missing"))) == []
     assert list(iter_watched_files(SourceSpec("u", "http://127.0.0.1:9/x.md", "url"))) == []
 
@@ -638,9 +624,7 @@ def test_url_conditional_requests_use_the_cache(server: _Server, tmp_path: Path)
     assert second_status == 304
 
     # A new version on the server replaces the cached one.
-    server.state.resources["/doc.md"] = _Resource(
-        b"# Remote Guide\n\nRewritten.\n", "text/markdown", etag='"v2"'
-    )
+    server.state.resources["/doc.md"] = _Resource(b"# Remote Guide\n\nRewritten.\n", "text/markdown", etag='"v2"')
     (third,) = read_source(spec, http=HttpSettings(), cache_dir=cache_dir)
     assert isinstance(third, Document)
     assert third.text == "# Remote Guide\n\nRewritten."
@@ -649,12 +633,8 @@ def test_url_conditional_requests_use_the_cache(server: _Server, tmp_path: Path)
     assert json.loads(cache_file.read_text())["etag"] == '"v2"'
 
 
-def test_url_last_modified_only_revalidates_with_if_modified_since(
-    server: _Server, tmp_path: Path
-) -> None:
-    server.state.resources["/notes.txt"] = _Resource(
-        b"plain notes\r\n", "text/plain", last_modified=_LAST_MODIFIED
-    )
+def test_url_last_modified_only_revalidates_with_if_modified_since(server: _Server, tmp_path: Path) -> None:
+    server.state.resources["/notes.txt"] = _Resource(b"plain notes\r\n", "text/plain", last_modified=_LAST_MODIFIED)
     spec = _url_spec(server.url("/notes.txt"))
     assert [doc.text for doc in _docs(_read(spec, tmp_path))] == ["plain notes"]
     (again,) = _docs(_read(spec, tmp_path))

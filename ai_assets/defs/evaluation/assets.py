@@ -7,31 +7,36 @@ import time
 
 import dagster as dg
 
-from ai_assets.lib import settings
-from ai_assets.lib.llm.answering import answer_with, build_prompt
 from ai_assets.lib.evaluation.coverage import describe, indexed_doc_ids, unindexed_judgements
 from ai_assets.lib.evaluation.eval_set import EvalQuestion, load_eval_set
 from ai_assets.lib.evaluation.metrics import per_query_retrieval, retrieval_report
+from ai_assets.lib.evaluation.reference_chunks import align_reference_contexts
 from ai_assets.lib.evaluation.retrieval import search_chunks, search_documents
+from ai_assets.lib.evaluation.synthesis import pick_chunks, question_prompts, synthetic_questions
+from ai_assets.lib.llm.answering import answer_with, build_prompt
+from ai_assets.lib.metadata import preview_table, table_metadata
+from ai_assets.lib.tables import ParquetTable
+from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.evaluation import EvaluationResource, JudgeResource
 from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.qdrant import QdrantResource
-from ai_assets.lib.evaluation.reference_chunks import align_reference_contexts
-from ai_assets.lib.evaluation.synthesis import pick_chunks, question_prompts, synthetic_questions
-from ai_assets.lib.tables import data_dir, latest_table
 
 OWNERS = ["team:ml-platform"]
 GROUP = "evaluation"
 
 
 class EvalSetConfig(dg.Config):
-    """Where the golden questions come from: a JSONL file or a BEIR folder; empty = the bundled set."""
+    """Where the golden questions come from, for this run. Each field left empty (None) takes the
+    deployment's setting from the `evaluation` resource (RAG_EVAL_SET, RAG_EVAL_DOC_ID_PREFIX,
+    RAG_EVAL_SYNTHESIZE)."""
 
-    location: str = settings.value("RAG_EVAL_SET")
+    # A JSONL file or a BEIR folder; "" = the bundled golden set.
+    location: str | None = None
     # BEIR corpora are ingested with a source name; its document ids carry it as a prefix.
-    beir_doc_id_prefix: str = settings.value("RAG_EVAL_DOC_ID_PREFIX")
+    beir_doc_id_prefix: str | None = None
     # Extra questions the LLM writes from indexed chunks (marked synthetic); 0 = golden questions only.
-    synthesize_questions: int = settings.value("RAG_EVAL_SYNTHESIZE")
+    synthesize_questions: int | None = None
 
 
 @dg.asset(
@@ -39,25 +44,35 @@ class EvalSetConfig(dg.Config):
     kinds={"python"},
     owners=OWNERS,
     code_version="1",
-    deps=["document_chunks"],
     # Built on first sight and refreshed with the chunks, so the metrics below can follow the index.
     automation_condition=dg.AutomationCondition.eager(),
 )
 def rag_eval_set(
-    context: dg.AssetExecutionContext, config: EvalSetConfig, llm: LLMResource
+    context: dg.AssetExecutionContext,
+    config: EvalSetConfig,
+    evaluation: EvaluationResource,
+    llm: LLMResource,
+    # Synthetic questions are written from these chunks. Optional: the golden set alone needs no index,
+    # and loading it reads only the table's small handle, never its rows.
+    document_chunks: ParquetTable | None,
 ) -> dg.Output[list[EvalQuestion]]:
     """The questions the knowledge base is judged on: question, reference answer, reference contexts
     and the documents that should be retrieved. Golden ones (bring your own with `RAG_EVAL_SET`), plus
     optionally questions the LLM writes from indexed chunks, marked synthetic."""
-    questions, description = load_eval_set(config.location, beir_doc_id_prefix=config.beir_doc_id_prefix)
+    location = evaluation.eval_set if config.location is None else config.location
+    prefix = evaluation.doc_id_prefix if config.beir_doc_id_prefix is None else config.beir_doc_id_prefix
+    synthesize = evaluation.synthesize_questions if config.synthesize_questions is None else config.synthesize_questions
+    questions, description = load_eval_set(location, beir_doc_id_prefix=prefix)
     context.log.info(f"{len(questions)} questions from {description}")
-    if config.synthesize_questions > 0:
-        synthetic = _synthesize(context, llm, config.synthesize_questions)
+    if synthesize > 0:
+        synthetic = _synthesize(context, llm, document_chunks, synthesize)
         questions = [*questions, *synthetic]
         description += f" + {len(synthetic)} synthetic"
     return dg.Output(
         questions,
         metadata={
+            # The UI's row count: one row per question.
+            **table_metadata(len(questions)),
             "questions": len(questions),
             "with_reference_answer": sum(1 for q in questions if q.reference_answer),
             "with_reference_contexts": sum(1 for q in questions if q.reference_contexts),
@@ -67,8 +82,9 @@ def rag_eval_set(
     )
 
 
-def _synthesize(context: dg.AssetExecutionContext, llm: LLMResource, count: int) -> list[EvalQuestion]:
-    table = latest_table(dg.AssetKey("document_chunks"))
+def _synthesize(
+    context: dg.AssetExecutionContext, llm: LLMResource, table: ParquetTable | None, count: int
+) -> list[EvalQuestion]:
     if table is None:
         raise FileNotFoundError("synthesize_questions needs document_chunks: materialize the ingestion first")
     chunks = pick_chunks(list(table.iter_rows(columns=["chunk_id", "doc_id", "text"])), count)
@@ -82,13 +98,12 @@ def _synthesize(context: dg.AssetExecutionContext, llm: LLMResource, count: int)
 class QualityConfig(dg.Config):
     top_k_contexts: int = 3
     # Generating answers costs LLM calls: 0 skips the answer metrics (retrieval metrics always run).
-    max_answered_questions: int = settings.value("RAG_EVAL_MAX_ANSWERED")
+    # None = the `evaluation` resource's (RAG_EVAL_MAX_ANSWERED).
+    max_answered_questions: int | None = None
     answer_max_tokens: int = 128
     max_context_chars: int = 3000
     # LLM-judged ragas metrics (faithfulness, answer relevancy, LLM context precision/recall) run only
-    # with a judge: an OpenAI-compatible endpoint and model.
-    judge_base_url: str = settings.value("RAGAS_JUDGE_BASE_URL")
-    judge_model: str = settings.value("RAGAS_JUDGE_MODEL")
+    # with a judge: the `judge` resource (RAGAS_JUDGE_*), never run config, so its key stays a secret.
 
 
 @dg.asset(
@@ -107,7 +122,13 @@ def rag_quality_metrics(
     qdrant: QdrantResource,
     embedding_model: EmbeddingModelResource,
     llm: LLMResource,
+    evaluation: EvaluationResource,
+    judge: JudgeResource,
+    data_folder: DataFolderResource,
     rag_eval_set: list[EvalQuestion],
+    # Reference passages are aligned to the chunks holding them. Optional, and only the table's handle
+    # is loaded: rows are read only when some answered question has reference contexts.
+    document_chunks: ParquetTable | None,
 ) -> dg.MaterializeResult:
     """How well the knowledge base retrieves and answers: nDCG@10, MRR@10, recall@k and hit rate@k
     from Qdrant search, and ragas metrics on answers generated over the retrieved contexts.
@@ -117,7 +138,6 @@ def rag_quality_metrics(
     """
     from ai_assets.lib.evaluation.ragas_metrics import (
         ERRORS_KEY,
-        JudgeConfig,
         QuestionSample,
         merge_rows,
         metric_means,
@@ -142,7 +162,10 @@ def rag_quality_metrics(
     for line in describe(unindexed, indexed):
         context.log.warning(line)
 
-    answered = questions[: max(config.max_answered_questions, 0)]
+    max_answered = (
+        evaluation.max_answered_questions if config.max_answered_questions is None else config.max_answered_questions
+    )
+    answered = questions[: max(max_answered, 0)]
     contexts = search_chunks(client, qdrant.alias, vectors[: len(answered)], config.top_k_contexts) if answered else []
     # Every read of the index is done: release the embedded Qdrant folder before minutes of LLM calls,
     # so ingestion runs waiting on its lock can go ahead.
@@ -150,15 +173,16 @@ def rag_quality_metrics(
 
     # Reference passages as the chunks that contain them, so context precision/recall mean something.
     references = {r for q in answered for r in q.reference_contexts}
-    chunks_table = latest_table(dg.AssetKey("document_chunks")) if references else None
     aligned = (
-        align_reference_contexts(references, (r["text"] for r in chunks_table.iter_rows(columns=["text"])))
-        if chunks_table is not None
+        align_reference_contexts(references, (r["text"] for r in document_chunks.iter_rows(columns=["text"])))
+        if references and document_chunks is not None
         else {}
     )
 
     answer_metrics: dict[str, float] = {}
-    rows: dict[str, dict] = {q.id: {"id": q.id, "question": q.question, **per_question.get(q.id, {})} for q in questions}
+    rows: dict[str, dict] = {
+        q.id: {"id": q.id, "question": q.question, **per_question.get(q.id, {})} for q in questions
+    }
     if answered:
         prompts = [
             build_prompt(q.question, [text for _, text, _ in hits], config.max_context_chars)
@@ -176,13 +200,8 @@ def rag_quality_metrics(
             for q, hits, (answer, _) in zip(answered, contexts, answers, strict=True)
         ]
         scores = score_without_llm(samples, embedding_model.encode)
-        if config.judge_base_url and config.judge_model:
-            judge = JudgeConfig(
-                base_url=config.judge_base_url,
-                api_key=settings.value("RAGAS_JUDGE_API_KEY") or "not-needed",
-                model=config.judge_model,
-            )
-            scores = merge_rows(scores, score_with_judge(samples, judge, embedding_model.encode))
+        if judge.configured:
+            scores = merge_rows(scores, score_with_judge(samples, judge.judge_config(), embedding_model.encode))
         for q, (answer, error), score in zip(answered, answers, scores, strict=True):
             rows[q.id].update({"answer": answer, "answer_error": error, **score})
         answer_metrics = metric_means(scores)
@@ -193,7 +212,7 @@ def rag_quality_metrics(
         # Malformed judge output and metric failures are recorded per question, never raised.
         answer_metrics["metric_errors"] = float(sum(len(s.get(ERRORS_KEY, {})) for s in scores))
 
-    artifact = data_dir() / "evaluation" / f"rag_quality_{context.run.run_id}.jsonl"
+    artifact = data_folder.evaluation_dir / f"rag_quality_{context.run.run_id}.jsonl"
     artifact.parent.mkdir(parents=True, exist_ok=True)
     artifact.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows.values()))
     metrics = {**retrieval, **answer_metrics}
@@ -211,13 +230,13 @@ def rag_quality_metrics(
             "collection_alias": qdrant.alias,
             "model": embedding_model.name,
             "answer_model": llm.default_model if answered else "none",
-            "judge_model": config.judge_model or "none (LLM-judged metrics skipped)",
+            "judge_model": judge.model if judge.configured else "none (LLM-judged metrics skipped)",
             "retrieval_s": round(retrieval_s, 3),
             "duration_s": round(time.perf_counter() - started, 3),
             # All metrics in one entry too: the checks compare runs through it.
             "metrics": dg.MetadataValue.json({k: round(v, 5) for k, v in metrics.items()}),
             "per_question": dg.MetadataValue.path(str(artifact)),
-            "worst_questions": dg.MetadataValue.md(_worst_table(list(rows.values()))),
+            "worst_questions": _worst_table(list(rows.values()), rankings, qrels),
         }
     )
 
@@ -227,14 +246,38 @@ async def _answer(context: dg.AssetExecutionContext, llm: LLMResource, prompts, 
     return await answer_with(llm, context.log, prompts, max_tokens)
 
 
-def _worst_table(rows: list[dict], limit: int = 10) -> str:
-    ordered = sorted(rows, key=lambda r: (r.get("ndcg_at_10", 0.0), r["id"]))[:limit]
-    lines = ["| id | question | nDCG@10 | first relevant rank | answer |", "|---|---|---|---|---|"]
-    for r in ordered:
-        question = r["question"].replace("|", "\\|")[:90]
-        answer = (r.get("answer") or r.get("answer_error") or "").replace("\n", " ").replace("|", "\\|")[:90]
-        lines.append(
-            f"| {r['id']} | {question} | {r.get('ndcg_at_10', 0.0):.3f} | {r.get('first_relevant_rank', '-')} | {answer} |"
-        )
-    return "\n".join(lines)
+WORST_QUESTION_COLUMNS = [
+    dg.TableColumn("id"),
+    dg.TableColumn("question"),
+    dg.TableColumn("ndcg_at_10", "float", description="empty for a question without judged documents"),
+    dg.TableColumn(
+        "first_relevant_rank", "int", description="1-based rank of the first relevant document in the top 100"
+    ),
+    dg.TableColumn("answer", description="the generated answer, when this question was answered"),
+    dg.TableColumn("answer_error", description="why no answer was generated"),
+]
 
+
+def _worst_table(
+    rows: list[dict],
+    rankings: dict[str, list[str]],
+    qrels: dict[str, dict[str, float]],
+    limit: int = 10,
+) -> dg.TableMetadataValue:
+    """The `limit` questions with the lowest nDCG@10 (unjudged ones count as 0), worst first."""
+    ordered = sorted(rows, key=lambda r: (r.get("ndcg_at_10", 0.0), r["id"]))[:limit]
+    records = []
+    for r in ordered:
+        relevance = qrels.get(r["id"], {})
+        ranked = rankings.get(r["id"], [])
+        records.append(
+            {
+                "id": r["id"],
+                "question": r["question"],
+                "ndcg_at_10": round(r["ndcg_at_10"], 4) if "ndcg_at_10" in r else None,
+                "first_relevant_rank": next((i for i, doc in enumerate(ranked, 1) if relevance.get(doc, 0) > 0), None),
+                "answer": r.get("answer"),
+                "answer_error": r.get("answer_error"),
+            }
+        )
+    return preview_table(WORST_QUESTION_COLUMNS, records, width=200)

@@ -15,6 +15,8 @@ daily_rag_evaluation = dg.ScheduleDefinition(
     name="daily_rag_evaluation",
     job=rag_evaluation,
     cron_schedule="0 2 * * *",
+    # Read when the code location loads, not through a resource: the daemon evaluates a schedule from
+    # the loaded definitions before any run (or run worker) exists.
     execution_timezone=settings.value("AI_ASSETS_TIMEZONE"),
     description="Re-scores the knowledge base at 02:00, an hour after the nightly refresh, so a "
     "provider-side change (the answering model) shows up even when the index did not change.",

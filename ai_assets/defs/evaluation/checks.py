@@ -2,11 +2,9 @@
 
 import dagster as dg
 
-from ai_assets.lib import settings
 from ai_assets.defs.evaluation.assets import rag_quality_metrics
-from ai_assets.lib.evaluation.gates import configured_thresholds, regressions, threshold_failures
-
-REGRESSION_TOLERANCE = settings.value("RAG_REGRESSION_TOLERANCE")
+from ai_assets.lib.evaluation.gates import regressions, threshold_failures
+from ai_assets.resources.evaluation import EvaluationResource
 
 
 def _recent_metrics(instance: dg.DagsterInstance, limit: int) -> list[dict[str, float]]:
@@ -21,11 +19,13 @@ def _recent_metrics(instance: dg.DagsterInstance, limit: int) -> list[dict[str, 
 
 
 @dg.asset_check(asset=rag_quality_metrics, blocking=True)
-def metrics_meet_thresholds(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def metrics_meet_thresholds(
+    context: dg.AssetCheckExecutionContext, evaluation: EvaluationResource
+) -> dg.AssetCheckResult:
     """Every thresholded metric (RAG_THRESHOLDS, default nDCG@10 >= 0.5, recall@10 >= 0.7,
     MRR@10 >= 0.45, hit rate@5 >= 0.7) is at or above its minimum. Below it, users get worse answers."""
     recent = _recent_metrics(context.instance, 1)
-    thresholds = configured_thresholds()
+    thresholds = evaluation.threshold_map()
     failures = threshold_failures(recent[0] if recent else {}, thresholds)
     return dg.AssetCheckResult(
         passed=bool(recent) and not failures,
@@ -38,17 +38,18 @@ def metrics_meet_thresholds(context: dg.AssetCheckExecutionContext) -> dg.AssetC
 
 
 @dg.asset_check(asset=rag_quality_metrics, blocking=True)
-def no_regression(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def no_regression(context: dg.AssetCheckExecutionContext, evaluation: EvaluationResource) -> dg.AssetCheckResult:
     """No metric dropped by more than RAG_REGRESSION_TOLERANCE (default 0.02) since the previous
     materialization: catches a change (documents, model, chunking) that made retrieval or answers worse."""
     recent = _recent_metrics(context.instance, 2)
     if len(recent) < 2:
         return dg.AssetCheckResult(passed=True, metadata={"compared_with": "nothing yet (first evaluation)"})
-    worse = regressions(recent[0], recent[1], REGRESSION_TOLERANCE)
+    tolerance = evaluation.tolerance()
+    worse = regressions(recent[0], recent[1], tolerance)
     return dg.AssetCheckResult(
         passed=not worse,
         metadata={
-            "tolerance": REGRESSION_TOLERANCE,
+            "tolerance": tolerance,
             "regressions": dg.MetadataValue.json(worse),
             "regressed_metrics": len(worse),
         },

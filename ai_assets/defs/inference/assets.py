@@ -5,8 +5,8 @@ import time
 
 import dagster as dg
 
-from ai_assets.lib import settings
 from ai_assets.defs.inference.checks import CHECK_SPECS, error_rate_within_threshold, one_output_per_input
+from ai_assets.lib.inference.files import file_digest, write_outputs
 from ai_assets.lib.llm.engine import BatchStats, assemble_outputs, run_batch
 from ai_assets.lib.llm.ledger import ResultLedger
 from ai_assets.lib.llm.openai_call import make_openai_call, warm_up_connections
@@ -16,14 +16,24 @@ from ai_assets.lib.llm.report import (
     error_rate,
     estimated_cost,
     percentile,
-    preview_markdown,
+    preview_records,
 )
 from ai_assets.lib.llm.retry import RetryPolicy
-from ai_assets.lib.inference.files import file_digest, input_path, ledger_path, output_path, write_outputs
 from ai_assets.lib.llm.validation import validate_jsonl
+from ai_assets.lib.metadata import preview_table, table_metadata
+from ai_assets.resources.inference import InferenceResource
 from ai_assets.resources.llm import LLMResource
 
 inference_files = dg.DynamicPartitionsDefinition(name="inference_files")
+
+PREVIEW_COLUMNS = [
+    dg.TableColumn("id"),
+    dg.TableColumn("output", description="the model's answer"),
+    dg.TableColumn("error", description="what ended the request, after its retries"),
+    dg.TableColumn("prompt_tokens", "int"),
+    dg.TableColumn("completion_tokens", "int"),
+    dg.TableColumn("attempts", "int", description="requests sent for this item, over all runs"),
+]
 
 
 class PriceConfig(dg.Config):
@@ -36,7 +46,8 @@ class InferenceConfig(dg.Config):
 
     # Fail the run on any invalid line instead of answering the valid ones.
     strict: bool = False
-    max_prompt_chars: int = settings.value("INFERENCE_MAX_PROMPT_CHARS")
+    # The longest prompt a line may hold; None = the `inference` resource's (INFERENCE_MAX_PROMPT_CHARS).
+    max_prompt_chars: int | None = None
     # US dollars per million tokens, by model name as the API reports it. Unlisted models count as free
     # and are named in the metadata.
     prices: dict[str, PriceConfig] = {}
@@ -52,7 +63,7 @@ class InferenceConfig(dg.Config):
     check_specs=CHECK_SPECS,
 )
 def inference_outputs(
-    context: dg.AssetExecutionContext, config: InferenceConfig, llm: LLMResource
+    context: dg.AssetExecutionContext, config: InferenceConfig, llm: LLMResource, inference: InferenceResource
 ) -> dg.MaterializeResult:
     """One output row per input request, in input order: the model's answer or the error that ended it.
 
@@ -63,8 +74,10 @@ def inference_outputs(
     """
     started = time.perf_counter()
     key = context.partition_key
-    source = input_path(key)
-    validated = validate_jsonl(source, max_prompt_chars=config.max_prompt_chars)
+    folders = inference.folders()
+    source = folders.input_path(key)
+    max_prompt_chars = inference.max_prompt_chars if config.max_prompt_chars is None else config.max_prompt_chars
+    validated = validate_jsonl(source, max_prompt_chars=max_prompt_chars)
     for problem in [*validated.problems, *validated.warnings]:
         context.log.warning(str(problem))
     validated.raise_if_unusable(strict=config.strict)
@@ -74,11 +87,12 @@ def inference_outputs(
         f"{'embedded llama.cpp' if llm.embedded else llm.endpoint}, up to {llm.max_in_flight} in flight"
     )
 
-    ledger_file = ledger_path(key, file_digest(source))
+    ledger_file = folders.ledger_path(key, file_digest(source))
     with ResultLedger(ledger_file) as ledger:
         stats = asyncio.run(_run(context, llm, items, ledger))
         rows = assemble_outputs(items, ledger.load())
-    written = write_outputs(output_path(key), rows)
+    output_file = folders.output_path(key)
+    written = write_outputs(output_file, rows)
 
     succeeded = sum(1 for r in rows if r.succeeded)
     prices = {m: ModelPrice(p.prompt_per_million, p.completion_per_million) for m, p in config.prices.items()}
@@ -89,6 +103,8 @@ def inference_outputs(
     models = sorted({r.model for r in rows if r.model})
     return dg.MaterializeResult(
         metadata={
+            # The partition's output file is one table: one row per input request.
+            **table_metadata(written, partitioned=True),
             "items": len(rows),
             "succeeded": succeeded,
             "failed": len(rows) - succeeded,
@@ -111,24 +127,23 @@ def inference_outputs(
             "model": ", ".join(models) or llm.default_model,
             "endpoint": "embedded llama.cpp" if llm.embedded else llm.endpoint,
             "input": dg.MetadataValue.path(str(source)),
-            "output": dg.MetadataValue.path(str(output_path(key))),
+            "output": dg.MetadataValue.path(str(output_file)),
             "output_rows": written,
             "duration_s": round(time.perf_counter() - started, 3),
-            "preview": dg.MetadataValue.md(preview_markdown(rows)),
+            "preview": preview_table(PREVIEW_COLUMNS, preview_records(rows)),
         },
         check_results=[
-            one_output_per_input([item.id for item in items], output_path(key)),
-            error_rate_within_threshold(output_path(key)),
+            one_output_per_input([item.id for item in items], output_file),
+            error_rate_within_threshold(output_file, inference.error_rate_threshold()),
         ],
     )
 
 
-async def _run(
-    context: dg.AssetExecutionContext, llm: LLMResource, items, ledger: ResultLedger
-) -> BatchStats:
+async def _run(context: dg.AssetExecutionContext, llm: LLMResource, items, ledger: ResultLedger) -> BatchStats:
     previous = ledger.load()
     answered_before = sum(1 for item in items if item.id in previous and previous[item.id].succeeded)
     batch_s = 0.0  # time in run_batch over all passes, server (re)starts excluded
+    rate_limits = llm.rate_limits()  # (requests, tokens) per minute; a malformed one fails here, named
 
     async def batch(client) -> BatchStats:  # noqa: ANN001 - an openai.AsyncOpenAI
         nonlocal batch_s
@@ -147,9 +162,7 @@ async def _run(
                 ledger=ledger,
                 max_in_flight=llm.max_in_flight,
                 retry=RetryPolicy(max_attempts=llm.max_attempts),
-                limiter=RateLimiter(llm.requests_per_minute, llm.tokens_per_minute)
-                if llm.requests_per_minute or llm.tokens_per_minute
-                else None,
+                limiter=RateLimiter(*rate_limits) if any(rate_limits) else None,
                 on_progress=lambda progress: context.log.info(str(progress)),
                 # Errors are recorded in outputs and logs: the key is scrubbed from them whatever its shape.
                 secrets=[llm.api_key] if llm.api_key else [],

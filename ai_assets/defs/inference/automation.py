@@ -6,13 +6,8 @@ import shlex
 import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_files
-from ai_assets.lib.inference.files import (
-    InvalidPartitionKeyError,
-    file_digest,
-    inbox_dir,
-    input_path,
-    partition_key_for,
-)
+from ai_assets.lib.inference.files import InvalidPartitionKeyError, file_digest, partition_key_for
+from ai_assets.resources.inference import InferenceResource
 
 batch_inference = dg.define_asset_job(
     "batch_inference",
@@ -32,8 +27,12 @@ batch_inference = dg.define_asset_job(
     "mtime and content hash, so files are hashed only when they change. A file whose name is not a "
     "partition key (or a symlink out of the inbox) is skipped with a warning saying what to do.",
 )
-def inference_inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    inbox = inbox_dir()
+def inference_inbox_sensor(
+    context: dg.SensorEvaluationContext, inference: InferenceResource
+) -> dg.SensorResult | dg.SkipReason:
+    # Resolved in the process evaluating the sensor (the daemon), from its own environment.
+    folders = inference.folders()
+    inbox = folders.inbox
     if not inbox.is_dir():
         return dg.SkipReason(f"No inbox folder at {inbox}")
     previous: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
@@ -52,7 +51,7 @@ def inference_inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
             )
             continue
         try:
-            input_path(key)  # the same check a run makes: a symlink out of the inbox is refused here too
+            folders.input_path(key)  # the same check a run makes: a symlink out of the inbox is refused here too
         except InvalidPartitionKeyError as error:
             context.log.warning(f"{path}: skipped: {error}")
             continue

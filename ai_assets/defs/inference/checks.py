@@ -10,11 +10,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.lib import settings
-from ai_assets.lib.llm.report import error_rate
 from ai_assets.lib.inference.files import read_outputs
-
-MAX_ERROR_RATE = settings.value("INFERENCE_MAX_ERROR_RATE")
+from ai_assets.lib.llm.report import error_rate
 
 CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -52,7 +49,8 @@ def one_output_per_input(input_ids: Sequence[str], output_file: Path) -> dg.Asse
     )
 
 
-def error_rate_within_threshold(output_file: Path, threshold: float = MAX_ERROR_RATE) -> dg.AssetCheckResult:
+def error_rate_within_threshold(output_file: Path, threshold: float) -> dg.AssetCheckResult:
+    """`threshold`: the `inference` resource's tolerated error rate (INFERENCE_MAX_ERROR_RATE)."""
     rows = read_outputs(output_file)
     rate = error_rate(rows)
     errors = Counter((r.error or "").split(":")[0] for r in rows if not r.succeeded)

@@ -8,7 +8,6 @@ from dataclasses import asdict
 import dagster as dg
 import pyarrow as pa
 
-from ai_assets.lib import settings
 from ai_assets.lib.ingestion.chunking import CHUNKER_VERSION, ChunkingSettings, chunk_id, chunk_texts
 from ai_assets.lib.ingestion.sources import SourceProblem, read_source
 from ai_assets.lib.ingestion.vector_index import (
@@ -20,12 +19,15 @@ from ai_assets.lib.ingestion.vector_index import (
     plan_sync,
     scan_points,
 )
+from ai_assets.lib.metadata import preview_table
 from ai_assets.lib.progress import Progress
+from ai_assets.lib.tables import ParquetTable, TableWriter, latest_table
+from ai_assets.resources.chunking import ChunkingResource
+from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.io_manager import staging_path
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.lib.tables import ParquetTable, TableWriter, data_dir, latest_table
-from ai_assets.resources.io_manager import staging_path
 
 OWNERS = ["team:ml-platform"]
 GROUP = "ingestion"
@@ -56,13 +58,20 @@ CHUNK_SCHEMA = pa.schema(
 )
 
 
-def _markdown_table(header: list[str], rows: list[list[object]], limit: int = 20) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows[:limit]:
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |")
-    if len(rows) > limit:
-        lines.append(f"\n…and {len(rows) - limit} more")
-    return "\n".join(lines)
+SOURCE_COLUMNS = [
+    dg.TableColumn("source"),
+    dg.TableColumn("kind"),
+    dg.TableColumn("location"),
+    dg.TableColumn("documents", "int"),
+    dg.TableColumn("status", description="unavailable: nothing could be read, its indexed documents are kept"),
+]
+PROBLEM_COLUMNS = [
+    dg.TableColumn("source"),
+    dg.TableColumn("where", description="file (with :line for JSONL), URL or document id"),
+    dg.TableColumn("problem"),
+]
+# Problems shown in the preview; the `problems` count and the run's warnings have them all.
+PROBLEMS_PREVIEW_LIMIT = 20
 
 
 @dg.asset(
@@ -73,7 +82,7 @@ def _markdown_table(header: list[str], rows: list[list[object]], limit: int = 20
     io_manager_key="table_io_manager",
 )
 def raw_documents(
-    context: dg.AssetExecutionContext, document_sources: DocumentSourcesResource
+    context: dg.AssetExecutionContext, document_sources: DocumentSourcesResource, data_folder: DataFolderResource
 ) -> dg.Output[ParquetTable]:
     """Every document the configured sources hold right now: id, source, title, text and content hash.
 
@@ -83,13 +92,13 @@ def raw_documents(
     """
     started = time.perf_counter()
     specs = document_sources.specs()
-    writer = TableWriter(staging_path(context, "raw_documents"), DOCUMENT_SCHEMA)
+    writer = TableWriter(staging_path(data_folder, context, "raw_documents"), DOCUMENT_SCHEMA)
     version = hashlib.sha256()
     per_source: Counter[str] = Counter()
     problems: list[SourceProblem] = []
     seen: set[str] = set()
     chars = 0
-    cache_dir = data_dir() / "cache" / "http"
+    cache_dir = data_folder.http_cache_dir
     http, local = document_sources.http_settings(), document_sources.local_settings()
     progress = Progress("reading sources", 0, context.log.info, unit="documents")
     try:
@@ -116,7 +125,13 @@ def raw_documents(
     unreadable = sorted({p.doc_id for p in problems if p.doc_id})
     table = writer.close(attrs={"unavailable_sources": unavailable, "unreadable_doc_ids": unreadable})
     source_rows = [
-        [s.name, s.kind, s.location, per_source[s.name], "unavailable" if s.name in unavailable else "ok"]
+        {
+            "source": s.name,
+            "kind": s.kind,
+            "location": s.location,
+            "documents": per_source[s.name],
+            "status": "unavailable" if s.name in unavailable else "ok",
+        }
         for s in specs
     ]
     metadata: dict[str, object] = {
@@ -126,24 +141,27 @@ def raw_documents(
         "problems": len(problems),
         "characters": chars,
         "duration_s": round(time.perf_counter() - started, 3),
-        "sources_preview": dg.MetadataValue.md(
-            _markdown_table(["source", "kind", "location", "documents", "status"], source_rows)
-        ),
+        "sources_preview": preview_table(SOURCE_COLUMNS, source_rows, width=None),
     }
     if problems:
-        metadata["problems_preview"] = dg.MetadataValue.md(
-            _markdown_table(
-                ["source", "where", "problem"], [[p.source, p.location, p.message] for p in problems]
-            )
+        # Whole messages: they name the file and the setting to change.
+        metadata["problems_preview"] = preview_table(
+            PROBLEM_COLUMNS,
+            [
+                {"source": p.source, "where": p.location, "problem": p.message}
+                for p in problems[:PROBLEMS_PREVIEW_LIMIT]
+            ],
+            width=None,
         )
     return dg.Output(table, metadata=metadata, data_version=dg.DataVersion(version.hexdigest()[:24]))
 
 
 class ChunkingConfig(dg.Config):
-    """Token-aware chunking; any change builds a new collection and swaps the alias when it is ready."""
+    """Token-aware chunking; any change builds a new collection and swaps the alias when it is ready.
+    Empty (None) means the deployment's setting, from the `chunking` resource (CHUNK_SIZE, CHUNK_OVERLAP)."""
 
-    chunk_size: int = settings.value("CHUNK_SIZE")
-    chunk_overlap: int = settings.value("CHUNK_OVERLAP")
+    chunk_size: int | None = None
+    chunk_overlap: int | None = None
 
 
 @dg.asset(
@@ -156,6 +174,8 @@ class ChunkingConfig(dg.Config):
 def document_chunks(
     context: dg.AssetExecutionContext,
     config: ChunkingConfig,
+    chunking: ChunkingResource,
+    data_folder: DataFolderResource,
     embedding_model: EmbeddingModelResource,
     raw_documents: ParquetTable,
 ) -> dg.Output[ParquetTable]:
@@ -167,7 +187,10 @@ def document_chunks(
     unchanged since the last run reuse their chunks without tokenizing again.
     """
     started = time.perf_counter()
-    settings = ChunkingSettings(chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap)
+    settings = ChunkingSettings(
+        chunk_size=chunking.chunk_size if config.chunk_size is None else config.chunk_size,
+        chunk_overlap=chunking.chunk_overlap if config.chunk_overlap is None else config.chunk_overlap,
+    )
     settings.validate(embedding_model.max_content_tokens)
     fingerprint = f"{settings.fingerprint()}:{embedding_model.name}"
 
@@ -177,9 +200,9 @@ def document_chunks(
             strict=True,
         )
     )
-    writer = TableWriter(staging_path(context, "document_chunks"), CHUNK_SCHEMA)
+    writer = TableWriter(staging_path(data_folder, context, "document_chunks"), CHUNK_SCHEMA)
     reused_docs: set[str] = set()
-    previous = latest_table(context.asset_key)
+    previous = latest_table(context.asset_key, data_folder.tables_dir)
     try:
         if previous is not None and previous.attrs.get("fingerprint") == fingerprint:
             for batch in previous.iter_batches():
@@ -283,10 +306,7 @@ def document_embeddings(
 
     existing = scan_points(client, target)
     columns = document_chunks.read_columns(["chunk_id", "doc_id", "chunk_hash"]).columns
-    desired = {
-        cid: DesiredChunk(doc, h)
-        for cid, doc, h in zip(*(c.to_pylist() for c in columns), strict=True)
-    }
+    desired = {cid: DesiredChunk(doc, h) for cid, doc, h in zip(*(c.to_pylist() for c in columns), strict=True)}
     plan = plan_sync(
         desired,
         existing,
@@ -337,9 +357,7 @@ def document_embeddings(
             "dimension": embedding_model.dimension,
             "encode_s": round(stats.encode_s, 3),
             "write_s": round(stats.write_s, 3),
-            "embedding_throughput_chunks_per_s": round(stats.embedded / stats.encode_s, 1)
-            if stats.encode_s
-            else 0.0,
+            "embedding_throughput_chunks_per_s": round(stats.embedded / stats.encode_s, 1) if stats.encode_s else 0.0,
             "duration_s": round(time.perf_counter() - started, 3),
         },
         data_version=dg.DataVersion(index_data_version(plan.final_ids)),

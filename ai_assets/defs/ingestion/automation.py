@@ -25,9 +25,10 @@ nightly_rag_refresh = dg.ScheduleDefinition(
     name="nightly_rag_refresh",
     job=rag_ingestion,
     cron_schedule="0 1 * * *",
+    # Read when the code location loads, not through a resource: the daemon evaluates a schedule from
+    # the loaded definitions before any run (or run worker) exists.
     execution_timezone=settings.value("AI_ASSETS_TIMEZONE"),
-    description="Re-reads every source at 01:00 (AI_ASSETS_TIMEZONE): catches URL sources, which no "
-    "sensor watches.",
+    description="Re-reads every source at 01:00 (AI_ASSETS_TIMEZONE): catches URL sources, which no sensor watches.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 
@@ -39,7 +40,7 @@ def source_fingerprints(document_sources: DocumentSourcesResource) -> dict[str, 
         if spec.kind != "path":
             continue
         digest = hashlib.sha256()
-        watched = iter_watched_files(spec, follow_external_symlinks=document_sources.follow_external_symlinks)
+        watched = iter_watched_files(spec, follow_external_symlinks=document_sources.follows_external_symlinks())
         for relpath, size, mtime_ns in watched:
             digest.update(f"{relpath}\x00{size}\x00{mtime_ns}\n".encode())
         fingerprints[spec.name] = digest.hexdigest()[:16]

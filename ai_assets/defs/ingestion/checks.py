@@ -8,10 +8,16 @@ import dagster as dg
 import numpy as np
 
 from ai_assets.defs.ingestion.assets import document_chunks, document_embeddings
-from ai_assets.lib.ingestion.vector_index import collection_fingerprint, collection_name, index_data_version, scan_points
+from ai_assets.lib.ingestion.vector_index import (
+    collection_fingerprint,
+    collection_name,
+    index_data_version,
+    scan_points,
+)
+from ai_assets.lib.tables import ParquetTable
+from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.qdrant import QdrantResource
-from ai_assets.lib.tables import ParquetTable, data_dir
 
 
 @dg.asset_check(asset=document_chunks, blocking=True)
@@ -31,9 +37,7 @@ def chunk_ids_unique(document_chunks: ParquetTable) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=document_chunks, blocking=True)
-def chunks_not_empty(
-    document_chunks: ParquetTable, embedding_model: EmbeddingModelResource
-) -> dg.AssetCheckResult:
+def chunks_not_empty(document_chunks: ParquetTable, embedding_model: EmbeddingModelResource) -> dg.AssetCheckResult:
     """No chunk is empty and none exceeds what the model reads: an empty chunk wastes a vector and
     matches everything poorly; an over-long one is silently truncated, so its tail is unsearchable."""
     empty, too_long, examples = 0, 0, []
@@ -95,6 +99,7 @@ def index_checks(
     context: dg.AssetCheckExecutionContext,
     qdrant: QdrantResource,
     embedding_model: EmbeddingModelResource,
+    data_folder: DataFolderResource,
     document_chunks: ParquetTable,
 ):
     """Checks that read the Qdrant index. They run in one step because embedded Qdrant serves one
@@ -127,7 +132,9 @@ def index_checks(
             metadata={"collection_dimension": size, "model_dimension": embedding_model.dimension},
         )
     if "smoke_retrieval" in selected:
-        yield _smoke_retrieval(qdrant, embedding_model, collection, document_chunks, chunk_ids, chunk_hashes)
+        yield _smoke_retrieval(
+            qdrant, embedding_model, data_folder, collection, document_chunks, chunk_ids, chunk_hashes
+        )
 
 
 def _point_count(client, collection: str, chunk_ids: set[str], chunks: ParquetTable) -> dg.AssetCheckResult:
@@ -155,6 +162,7 @@ def _point_count(client, collection: str, chunk_ids: set[str], chunks: ParquetTa
 def _smoke_retrieval(
     qdrant: QdrantResource,
     embedding_model: EmbeddingModelResource,
+    data_folder: DataFolderResource,
     collection: str,
     chunks: ParquetTable,
     chunk_ids: list[str],
@@ -183,7 +191,7 @@ def _smoke_retrieval(
         "probe": probe,
         "stored_vector": stored_vector,
     }
-    cache = data_dir() / "cache" / "smoke_retrieval.json"
+    cache = data_folder.folder("cache", "smoke_retrieval.json")
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:

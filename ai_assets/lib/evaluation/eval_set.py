@@ -270,7 +270,9 @@ def _read_qrels(path: Path, prefix: str, problems: list[str]) -> dict[str, tuple
         if first and len(columns) == 3 and not _is_number(columns[2]):
             continue  # the header, e.g. query-id<TAB>corpus-id<TAB>score
         if len(columns) != 3:
-            problems.append(f"{where}: line: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(columns)}")
+            problems.append(
+                f"{where}: line: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(columns)}"
+            )
             continue
         qid, doc, raw_score = (column.strip() for column in columns)
         if not qid or not doc:
@@ -346,7 +348,9 @@ def load_eval_set(
     path = Path(os.path.expanduser(location))
     if path.is_dir():
         if not (path / "queries.jsonl").is_file():
-            raise EvalSetError(path, [f"{path}: a folder must be a BEIR folder with queries.jsonl and qrels/{split}.tsv"])
+            raise EvalSetError(
+                path, [f"{path}: a folder must be a BEIR folder with queries.jsonl and qrels/{split}.tsv"]
+            )
         prefix = beir_doc_id_prefix.strip() or path.resolve().name
         if not prefix.endswith("#"):
             prefix += "#"
@@ -428,7 +432,13 @@ def _describe_list(value: Any) -> str:
 
 
 # Golden-set authors think in Python terms ("a list"); the type dispatch itself is shared.
-_WORDING = {"boolean": "a boolean", "number": "a number", "string": "a string", "array": "a list", "object": "an object"}
+_WORDING = {
+    "boolean": "a boolean",
+    "number": "a number",
+    "string": "a string",
+    "array": "a list",
+    "object": "an object",
+}
 
 
 def _json_type(value: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ai_assets.lib import settings
+# The defaults of RAG_THRESHOLDS; the deployment's thresholds come from the `evaluation` resource.
 from ai_assets.lib.settings import DEFAULT_THRESHOLDS
 
 # Metrics where lower is better; everything else is higher-is-better.
@@ -13,19 +13,9 @@ LOWER_IS_BETTER = frozenset({"answer_failures", "metric_errors"})
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "LOWER_IS_BETTER",
-    "configured_thresholds",
     "regressions",
     "threshold_failures",
 ]
-
-
-def configured_thresholds() -> dict[str, float]:
-    """`RAG_THRESHOLDS` (a JSON object of metric -> minimum) replaces the defaults when set.
-
-    Raises:
-        SettingError: the variable is not such an object (the message names it and its value).
-    """
-    return dict(settings.value("RAG_THRESHOLDS"))
 
 
 def threshold_failures(metrics: Mapping[str, float], thresholds: Mapping[str, float]) -> dict[str, str]:
@@ -40,9 +30,7 @@ def threshold_failures(metrics: Mapping[str, float], thresholds: Mapping[str, fl
     return failures
 
 
-def regressions(
-    current: Mapping[str, float], previous: Mapping[str, float], tolerance: float
-) -> dict[str, str]:
+def regressions(current: Mapping[str, float], previous: Mapping[str, float], tolerance: float) -> dict[str, str]:
     """Metrics that got worse than the previous run by more than `tolerance` (absolute)."""
     worse = {}
     for name, before in previous.items():

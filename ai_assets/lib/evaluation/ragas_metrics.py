@@ -194,8 +194,7 @@ def _embeddings_class() -> type:
                 vectors = np.asarray(self._embed(missing), dtype=np.float64)
                 if vectors.ndim != 2 or vectors.shape[0] != len(missing):
                     raise ValueError(
-                        f"embed() returned shape {vectors.shape} for {len(missing)} texts; "
-                        "expected one vector per text"
+                        f"embed() returned shape {vectors.shape} for {len(missing)} texts; expected one vector per text"
                     )
                 self._memo.update(zip(missing, vectors.tolist(), strict=True))
             return [self._memo[t] for t in texts]
@@ -239,9 +238,7 @@ def score_without_llm(
     return _run(_ascore_without_llm(samples, embed))
 
 
-async def _ascore_without_llm(
-    samples: Sequence[QuestionSample], embed: Callable[[list[str]], np.ndarray]
-) -> list[Row]:
+async def _ascore_without_llm(samples: Sequence[QuestionSample], embed: Callable[[list[str]], np.ndarray]) -> list[Row]:
     _ragas()
     from ragas.dataset_schema import SingleTurnSample
     from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
@@ -419,7 +416,8 @@ def metric_means(per_question: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def ragas_score(per_question: Sequence[Mapping[str, Any]]) -> float:
-    """One headline number (in [0, 1] but for a slightly negative cosine): the unweighted mean of `metric_means(per_question)`.
+    """One headline number (in [0, 1] but for a slightly negative cosine): the unweighted mean of
+    `metric_means(per_question)`.
 
     I.e. first each metric is averaged over the questions where it has a value (None, whether not
     applicable or failed, is skipped, not counted as 0), then those per-metric means are averaged,

@@ -64,6 +64,9 @@ def search_chunks(
         ]
         for response in client.query_batch_points(collection, requests=requests):
             results.append(
-                [((p.payload or {}).get("doc_id", ""), (p.payload or {}).get("text", ""), p.score) for p in response.points]
+                [
+                    ((p.payload or {}).get("doc_id", ""), (p.payload or {}).get("text", ""), p.score)
+                    for p in response.points
+                ]
             )
     return results

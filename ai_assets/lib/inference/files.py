@@ -13,12 +13,10 @@ import json
 import os
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ai_assets.lib import settings
 from ai_assets.lib.llm.items import OutputRow
-from ai_assets.lib.tables import data_dir
 
 # Outputs append ".outputs.jsonl" and ledgers ".<16 hex>.jsonl" to the key; file systems allow 255 bytes
 # per name, so keys stay well under that.
@@ -29,12 +27,6 @@ _KEPT_PUNCTUATION = "._-"
 
 class InvalidPartitionKeyError(ValueError):
     """A partition key that is not a safe file name, or a path built from one that leaves its folder."""
-
-
-def inbox_dir() -> Path:
-    """Input JSONL files, one dynamic partition each: `AI_ASSETS_INFERENCE_INBOX`."""
-    configured = settings.value("AI_ASSETS_INFERENCE_INBOX")
-    return Path(configured).expanduser().resolve() if configured else data_dir() / "inference" / "inbox"
 
 
 def _kept(char: str) -> bool:
@@ -116,11 +108,6 @@ def _inside(folder: Path, name: str, partition_key: str, what: str) -> Path:
     return path
 
 
-def input_path(partition_key: str) -> Path:
-    """The inbox file of a partition; raises `InvalidPartitionKeyError` for an unsafe key."""
-    return _inside(inbox_dir(), check_partition_key(partition_key), partition_key, "input file")
-
-
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -129,18 +116,36 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ledger_path(partition_key: str, content_digest: str) -> Path:
-    """Answers already paid for, per input content: an edited file starts a fresh ledger."""
-    if len(content_digest) < 16 or any(c not in "0123456789abcdef" for c in content_digest[:16]):
-        raise ValueError(f"content digest must be lowercase hex (got {content_digest!r})")
-    name = f"{check_partition_key(partition_key)}.{content_digest[:16]}.jsonl"
-    return _inside(data_dir() / "inference" / "ledgers", name, partition_key, "ledger")
+@dataclass(frozen=True)
+class InferenceFolders:
+    """The folders of batch inference: `inbox` (input JSONL files, one dynamic partition each),
+    `ledgers` (answers already paid for) and `outputs`. Given by the inference resource."""
 
+    inbox: Path
+    ledgers: Path
+    outputs: Path
 
-def output_path(partition_key: str) -> Path:
-    """The output file of a partition; raises `InvalidPartitionKeyError` for an unsafe key."""
-    name = f"{check_partition_key(partition_key)}.outputs.jsonl"
-    return _inside(data_dir() / "inference" / "outputs", name, partition_key, "output file")
+    @classmethod
+    def under(cls, data_dir: Path, inbox: Path | None = None) -> InferenceFolders:
+        """The folders inside `data_dir/inference`, with `inbox` instead of its default when given."""
+        base = data_dir / "inference"
+        return cls(inbox=inbox or base / "inbox", ledgers=base / "ledgers", outputs=base / "outputs")
+
+    def input_path(self, partition_key: str) -> Path:
+        """The inbox file of a partition; raises `InvalidPartitionKeyError` for an unsafe key."""
+        return _inside(self.inbox, check_partition_key(partition_key), partition_key, "input file")
+
+    def ledger_path(self, partition_key: str, content_digest: str) -> Path:
+        """Answers already paid for, per input content: an edited file starts a fresh ledger."""
+        if len(content_digest) < 16 or any(c not in "0123456789abcdef" for c in content_digest[:16]):
+            raise ValueError(f"content digest must be lowercase hex (got {content_digest!r})")
+        name = f"{check_partition_key(partition_key)}.{content_digest[:16]}.jsonl"
+        return _inside(self.ledgers, name, partition_key, "ledger")
+
+    def output_path(self, partition_key: str) -> Path:
+        """The output file of a partition; raises `InvalidPartitionKeyError` for an unsafe key."""
+        name = f"{check_partition_key(partition_key)}.outputs.jsonl"
+        return _inside(self.outputs, name, partition_key, "output file")
 
 
 def write_outputs(path: Path, rows: Iterable[OutputRow]) -> int:

@@ -6,7 +6,7 @@
 
 The file is validated first, so a malformed line is reported as file:line before anything is copied.
 The partition key is the file name when that is a safe key, else a cleaned name with a short hash of the
-original (see `storage.key_for_name`). A different file already in the inbox under the same key is
+original (see `files.key_for_name`). A different file already in the inbox under the same key is
 never replaced without `--replace`; submitting the same content again changes nothing.
 Uses the Dagster instance of DAGSTER_HOME, like the `dagster` CLI.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_files
-from ai_assets.lib.inference.files import file_digest, input_path, partition_key_for
+from ai_assets.lib.inference.files import InferenceFolders, file_digest, partition_key_for
 from ai_assets.lib.llm.validation import InputValidationError, ValidatedInput, validate_jsonl
 
 
@@ -43,8 +43,12 @@ class Submission:
     validated: ValidatedInput
 
 
-def submit(source: Path, instance: dg.DagsterInstance, *, replace: bool = False) -> Submission:
+def submit(
+    source: Path, instance: dg.DagsterInstance, *, replace: bool = False, folders: InferenceFolders | None = None
+) -> Submission:
     """Validate `source`, copy it into the inbox and register its partition.
+
+    `folders` defaults to the code location's (its `inference` resource, from this environment).
 
     Raises `InputValidationError` when no line is usable, and `SubmitError` when the inbox already
     holds a different file under the same key and `replace` is false. The copy is written beside the
@@ -54,7 +58,11 @@ def submit(source: Path, instance: dg.DagsterInstance, *, replace: bool = False)
     validated = validate_jsonl(source)
     validated.raise_if_unusable(strict=False)
     key = partition_key_for(source)
-    target = input_path(key)
+    if folders is None:
+        from ai_assets.resources.inference import folders_from_environment
+
+        folders = folders_from_environment()
+    target = folders.input_path(key)
     target.parent.mkdir(parents=True, exist_ok=True)
     action = _place(source, target, key, replace)
     if not instance.has_dynamic_partition(inference_files.name, key):

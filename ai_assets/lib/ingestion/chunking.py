@@ -95,25 +95,22 @@ class ChunkingSettings:
         if not isinstance(overlap, int) or isinstance(overlap, bool):
             raise ValueError(f"chunk_overlap must be an integer (got {overlap!r})")
         if max_content_tokens is not None and max_content_tokens < MIN_CHUNK_SIZE:
-            raise ValueError(
-                f"max_content_tokens must be at least {MIN_CHUNK_SIZE} (got {max_content_tokens})"
-            )
+            raise ValueError(f"max_content_tokens must be at least {MIN_CHUNK_SIZE} (got {max_content_tokens})")
         upper = max_content_tokens if max_content_tokens is not None else size
         if size < MIN_CHUNK_SIZE or size > upper:
-            bound = f"between {MIN_CHUNK_SIZE} and {max_content_tokens}" if max_content_tokens else (
-                f"at least {MIN_CHUNK_SIZE}"
+            bound = (
+                f"between {MIN_CHUNK_SIZE} and {max_content_tokens}"
+                if max_content_tokens
+                else (f"at least {MIN_CHUNK_SIZE}")
             )
             raise ValueError(f"chunk_size must be {bound} (got {size})")
         if overlap < 0 or overlap > size // 2:
-            raise ValueError(
-                f"chunk_overlap must be between 0 and chunk_size // 2 = {size // 2} (got {overlap})"
-            )
+            raise ValueError(f"chunk_overlap must be between 0 and chunk_size // 2 = {size // 2} (got {overlap})")
 
     def fingerprint(self) -> str:
         """Stable short hex digest of everything that determines the chunks (besides the tokenizer)."""
         payload = json.dumps(
-            {"chunker_version": CHUNKER_VERSION, "chunk_size": self.chunk_size,
-             "chunk_overlap": self.chunk_overlap},
+            {"chunker_version": CHUNKER_VERSION, "chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap},
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
@@ -143,16 +140,12 @@ def chunk_id(doc_id: str, index: int, chunk_hash: str) -> str:
     return str(uuid.uuid5(AI_ASSETS_NAMESPACE, f"{doc_id}\x1f{index}\x1f{chunk_hash}"))
 
 
-def chunk_text(
-    text: str, tokenizer: tokenizers.Tokenizer, settings: ChunkingSettings
-) -> list[Chunk]:
+def chunk_text(text: str, tokenizer: tokenizers.Tokenizer, settings: ChunkingSettings) -> list[Chunk]:
     """Split one document into chunks; see the module docstring for the rules."""
     return chunk_texts([text], tokenizer, settings)[0]
 
 
-def chunk_texts(
-    texts: Sequence[str], tokenizer: tokenizers.Tokenizer, settings: ChunkingSettings
-) -> list[list[Chunk]]:
+def chunk_texts(texts: Sequence[str], tokenizer: tokenizers.Tokenizer, settings: ChunkingSettings) -> list[list[Chunk]]:
     """Batch version of :func:`chunk_text` (tokenizes with ``encode_batch``, parallel in Rust);
     the result for each text is identical to ``chunk_text(text, ...)``."""
     settings._validate(None)
@@ -196,9 +189,7 @@ _SECTION_CHARS = 1 << 18
 _BATCH_CHARS = 1 << 21
 # Components that never join characters across a space, tab or newline, nor move them across one:
 # with them, tokenizing a text in sections cut after such a character gives the whole text's tokens.
-_SECTIONABLE_NORMALIZERS = frozenset(
-    {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
-)
+_SECTIONABLE_NORMALIZERS = frozenset({"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"})
 _SECTIONABLE_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
 
 # Markdown heading line starts (up to 3 spaces of indent) and code fences, in one pass.
@@ -317,7 +308,7 @@ def _make_chunks(spans: list[tuple[int, int, str]], counts: list[int]) -> list[C
             token_count=count,
             chunk_hash=hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest(),
         )
-        for index, ((start, end, t), count) in enumerate(zip(spans, counts))
+        for index, ((start, end, t), count) in enumerate(zip(spans, counts, strict=True))
     ]
 
 
@@ -366,11 +357,9 @@ def _chunk_batch(
     results: list[list[Chunk]],
 ) -> None:
     """Tokenize a batch of sections, then chunk every document whose last section is among them."""
-    encodings = tokenizer.encode_batch(
-        [texts[sec.doc][sec.start:sec.end] for sec in batch], add_special_tokens=False
-    )
+    encodings = tokenizer.encode_batch([texts[sec.doc][sec.start : sec.end] for sec in batch], add_special_tokens=False)
     done: list[_Section] = []
-    for sec, enc in zip(batch, encodings):
+    for sec, enc in zip(batch, encodings, strict=True):
         sec.offsets.extend(enc.offsets, sec.start)
         if sec.last:
             done.append(sec)
@@ -387,7 +376,7 @@ def _chunk_batch(
     counts = _count_tokens(tokenizer, [t for _, _, t in spans])
     pos = 0
     for i, doc, plan in planned:
-        doc_spans, doc_counts = spans[pos:pos + len(plan)], counts[pos:pos + len(plan)]
+        doc_spans, doc_counts = spans[pos : pos + len(plan)], counts[pos : pos + len(plan)]
         pos += len(plan)
         if max(doc_counts) > settings.chunk_size:
             # A cut assumed safe was not (a tokenizer that is not BERT-like): plan this document
@@ -492,7 +481,7 @@ class _Doc:
                 if s < e:
                     cover[s:e] = array(cover.typecode, [k]) * (e - s)
             self._cover = cover
-            self._covered_starts = sorted({s for s, e in zip(starts, ends) if s < e})
+            self._covered_starts = sorted({s for s, e in zip(starts, ends, strict=True) if s < e})
         if pos >= len(text):
             return n
         k = self._cover[pos]
@@ -549,8 +538,7 @@ class _Doc:
         if n - s <= size:
             return n, _END
         lo, hi = s + size // 2, s + size
-        for rank, ks in ((_HEADING, self.heads), (_PARA, self.paras), (_LINE, self.lines),
-                         (_SENT, self.sents)):
+        for rank, ks in ((_HEADING, self.heads), (_PARA, self.paras), (_LINE, self.lines), (_SENT, self.sents)):
             i = bisect_right(ks, hi) - 1
             if i >= 0 and ks[i] > lo:
                 return ks[i], rank

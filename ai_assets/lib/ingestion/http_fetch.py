@@ -227,8 +227,7 @@ def _next_hop(response: httpx.Response) -> httpx.URL:
         raise FetchError(f"redirect to an invalid URL: {error}") from None
     if target.scheme not in ("http", "https"):
         raise FetchError(
-            f"redirect to an unsupported URL scheme {target.scheme!r} ({target}); "
-            "only http and https are followed"
+            f"redirect to an unsupported URL scheme {target.scheme!r} ({target}); only http and https are followed"
         )
     return target
 
@@ -281,6 +280,7 @@ def _parse_content_type(value: str) -> tuple[str, str | None]:
         if key.strip().lower() == "charset":
             charset = param_value.strip().strip('"').strip("'") or None
     return mime.strip().lower(), charset
+
 
 def load_cache(cache_path: Path, url: str) -> dict[str, Any] | None:
     """Return the cache entry for ``url``, or ``None`` if absent or unusable.

@@ -34,7 +34,7 @@ def read_jsonl(
     saw_content = False
     for line_number, (raw_line, cut_size) in enumerate(_lines(handle, max_record_bytes), start=1):
         if line_number == 1 and raw_line.startswith(UTF8_BOM):
-            raw_line = raw_line[len(UTF8_BOM):]
+            raw_line = raw_line[len(UTF8_BOM) :]
             cut_size = None if cut_size is None else cut_size - len(UTF8_BOM)
         raw_line = raw_line.rstrip(b"\r")
         if not raw_line.strip():
@@ -43,14 +43,16 @@ def read_jsonl(
         saw_content = True
         location = f"{path}:{line_number}"
 
-        def problem(message: str, record_id: str | None = None) -> SourceProblem:
+        def problem(message: str, record_id: str | None = None, location: str = location) -> SourceProblem:
             doc_id = f"{base_id}#{record_id}" if record_id is not None else None
             return SourceProblem(spec.name, location, message, doc_id=doc_id)
 
         if size > max_record_bytes:
             record_id = _salvage_id(raw_line)
-            kept = "its indexed chunks are kept" if record_id is not None else (
-                "no '_id' found in its first bytes, so any chunks it had are removed"
+            kept = (
+                "its indexed chunks are kept"
+                if record_id is not None
+                else ("no '_id' found in its first bytes, so any chunks it had are removed")
             )
             yield problem(
                 f"record too large: {size} bytes, over the {max_record_bytes}-byte limit for one "
@@ -176,4 +178,3 @@ def _salvage_id(raw_line: bytes) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return value if isinstance(value, str) and value.strip() else None
-

@@ -51,12 +51,12 @@ class LocalSettings:
     follow_external_symlinks: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_file_bytes, bool) or not isinstance(self.max_file_bytes, int) or (
-            self.max_file_bytes < 1
+        if (
+            isinstance(self.max_file_bytes, bool)
+            or not isinstance(self.max_file_bytes, int)
+            or (self.max_file_bytes < 1)
         ):
-            raise ValueError(
-                f"{_SIZE_SETTING} must be a positive number of bytes, got {self.max_file_bytes!r}"
-            )
+            raise ValueError(f"{_SIZE_SETTING} must be a positive number of bytes, got {self.max_file_bytes!r}")
 
 
 class ListedFile(NamedTuple):
@@ -67,9 +67,7 @@ class ListedFile(NamedTuple):
     real: Path
 
 
-def read_path_source(
-    spec: SourceSpec, local: LocalSettings | None = None
-) -> Iterator[Document | SourceProblem]:
+def read_path_source(spec: SourceSpec, local: LocalSettings | None = None) -> Iterator[Document | SourceProblem]:
     local = local or LocalSettings()
     root = Path(spec.location)
     if root.is_file() and root.suffix.lower() not in SUPPORTED_EXTENSIONS:
@@ -107,9 +105,7 @@ def list_path_source(
             # A single file is what the user named, link or not.
             return [ListedFile(root.name, root, Path(os.path.realpath(root)))], []
         if not root.is_dir():
-            message = "no such file or folder" if not os.path.lexists(root) else (
-                "not a regular file or folder"
-            )
+            message = "no such file or folder" if not os.path.lexists(root) else ("not a regular file or folder")
             return [], [SourceProblem(spec.name, spec.location, message, source_unavailable=True)]
     except OSError as error:
         return [], [_unavailable(spec, spec.location, error)]
@@ -232,9 +228,7 @@ def _unavailable(spec: SourceSpec, location: str, error: OSError) -> SourceProbl
     )
 
 
-def _read_file(
-    spec: SourceSpec, listed: ListedFile, doc_id: str, max_bytes: int
-) -> Iterator[Document | SourceProblem]:
+def _read_file(spec: SourceSpec, listed: ListedFile, doc_id: str, max_bytes: int) -> Iterator[Document | SourceProblem]:
     path = listed.path
     suffix = path.suffix.lower()
     try:
@@ -245,9 +239,7 @@ def _read_file(
             # source protects the records' chunks.
             yield _unavailable(spec, str(path), error)
         else:
-            yield SourceProblem(
-                spec.name, str(path), f"cannot read: {error.strerror or error}", doc_id=doc_id
-            )
+            yield SourceProblem(spec.name, str(path), f"cannot read: {error.strerror or error}", doc_id=doc_id)
         return
 
     with handle:
@@ -284,8 +276,7 @@ def _read_file(
     try:
         raw_text = decode_utf8(data)
     except UnicodeDecodeError as error:
-        yield SourceProblem(spec.name, str(path), describe_decode_error(error, "UTF-8", data),
-                            doc_id=doc_id)
+        yield SourceProblem(spec.name, str(path), describe_decode_error(error, "UTF-8", data), doc_id=doc_id)
         return
 
     if suffix in MARKDOWN_EXTENSIONS:

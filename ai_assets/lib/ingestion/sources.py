@@ -60,9 +60,7 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def parse_source_specs(
-    entries: str | Sequence[str], *, setting: str = "AI_ASSETS_SOURCES"
-) -> list[SourceSpec]:
+def parse_source_specs(entries: str | Sequence[str], *, setting: str = "AI_ASSETS_SOURCES") -> list[SourceSpec]:
     """Parse source entries into :class:`SourceSpec` values.
 
     ``entries`` is a comma- or newline-separated string, or a sequence of
@@ -160,9 +158,7 @@ def read_source(
         yield from read_path_source(spec, local)
 
 
-def iter_watched_files(
-    spec: SourceSpec, *, follow_external_symlinks: bool = False
-) -> Iterator[tuple[str, int, int]]:
+def iter_watched_files(spec: SourceSpec, *, follow_external_symlinks: bool = False) -> Iterator[tuple[str, int, int]]:
     """Yield ``(relative path, size, mtime_ns)`` for every file ``read_source`` would read.
 
     Meant for a change sensor: sorted, nothing for URL sources and nothing (no

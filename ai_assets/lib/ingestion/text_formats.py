@@ -48,17 +48,20 @@ def normalize_title(title: str) -> str:
 
 def content_hash(title: str, text: str) -> str:
     """sha256 hex of ``title + "\\x00" + text`` (the NUL keeps the fields apart)."""
-    return hashlib.sha256(f"{title}\x00{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{title}\x00{text}".encode()).hexdigest()
 
 
 def decode_utf8(data: bytes) -> str:
     """Strict UTF-8 with an optional BOM; error offsets stay relative to ``data``."""
     if data.startswith(UTF8_BOM):
         try:
-            return data[len(UTF8_BOM):].decode("utf-8")
+            return data[len(UTF8_BOM) :].decode("utf-8")
         except UnicodeDecodeError as error:
             raise UnicodeDecodeError(
-                error.encoding, data, error.start + len(UTF8_BOM), error.end + len(UTF8_BOM),
+                error.encoding,
+                data,
+                error.start + len(UTF8_BOM),
+                error.end + len(UTF8_BOM),
                 error.reason,
             ) from None
     return data.decode("utf-8")
@@ -98,7 +101,7 @@ def _split_front_matter(text: str) -> tuple[str | None, str]:
                 if match:
                     title = _unquote_yaml_scalar(match.group(1))
                     break
-            return title, "\n".join(lines[index + 1:])
+            return title, "\n".join(lines[index + 1 :])
     return None, text  # an unterminated block is ordinary Markdown (a rule line)
 
 

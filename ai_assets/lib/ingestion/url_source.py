@@ -37,9 +37,7 @@ _MARKDOWN_CONTENT_TYPES = frozenset({"text/markdown", "text/x-markdown", "text/p
 _HTML_CONTENT_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
 
-def read_url(
-    spec: SourceSpec, *, http: HttpSettings, cache_dir: Path
-) -> Iterator[Document | SourceProblem]:
+def read_url(spec: SourceSpec, *, http: HttpSettings, cache_dir: Path) -> Iterator[Document | SourceProblem]:
     url = spec.location
 
     def unavailable(message: str) -> SourceProblem:
@@ -101,9 +99,7 @@ def read_url(
         write_json_atomically(cache_path, cache_entry)
     except OSError as error:
         # The document itself is fine; only the next run loses its 304 shortcut.
-        yield SourceProblem(
-            spec.name, str(cache_path), f"could not write the HTTP cache: {error.strerror or error}"
-        )
+        yield SourceProblem(spec.name, str(cache_path), f"could not write the HTTP cache: {error.strerror or error}")
 
 
 def _url_title(url: str) -> str:

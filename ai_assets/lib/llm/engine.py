@@ -88,7 +88,6 @@ class BatchStats:
     max_in_flight_observed: int = 0
 
 
-
 @dataclass(order=True)
 class _Job:
     priority: int  # 0 = retry (finish started items first), 1 = fresh

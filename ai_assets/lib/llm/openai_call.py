@@ -21,7 +21,9 @@ CHAT_COMPLETIONS_PATH = "/chat/completions"
 _REQUEST_OPTIONS: dict[str, Any] = {"security": {"bearer_auth": True}}
 
 
-def make_openai_call(client: openai.AsyncOpenAI, default_model: str) -> Callable[[InferenceItem], Awaitable[CallResult]]:
+def make_openai_call(
+    client: openai.AsyncOpenAI, default_model: str
+) -> Callable[[InferenceItem], Awaitable[CallResult]]:
     """A `call` for `run_batch`: one non-streaming chat completion per item, no retries of its own.
 
     The client should be built with `max_retries=0` (the engine retries, with its own accounting).

@@ -45,16 +45,18 @@ def error_rate(rows: Sequence[OutputRow]) -> float:
     return sum(1 for r in rows if not r.succeeded) / len(rows) if rows else 0.0
 
 
-def preview_markdown(rows: Sequence[OutputRow], limit: int = 5, width: int = 160) -> str:
-    """A few outputs (and the first errors) as a table a person can skim in the UI."""
-
-    def cell(text: str | None) -> str:
-        text = (text or "").replace("\n", " ").replace("|", "\\|")
-        return text if len(text) <= width else text[: width - 1] + "…"
-
+def preview_records(rows: Sequence[OutputRow], limit: int = 5) -> list[dict[str, str | int | None]]:
+    """A few outputs and the first errors, as records a person can skim in the UI: `id`, `output`,
+    `error`, `prompt_tokens`, `completion_tokens`, `attempts`."""
     shown = [r for r in rows if r.succeeded][:limit] + [r for r in rows if not r.succeeded][:limit]
-    lines = ["| id | output or error | tokens (in/out) | attempts |", "|---|---|---|---|"]
-    for r in shown:
-        body = cell(r.output) if r.succeeded else f"**error:** {cell(r.error)}"
-        lines.append(f"| {cell(r.id)} | {body} | {r.prompt_tokens}/{r.completion_tokens} | {r.attempts} |")
-    return "\n".join(lines)
+    return [
+        {
+            "id": r.id,
+            "output": r.output,
+            "error": r.error,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "attempts": r.attempts,
+        }
+        for r in shown
+    ]

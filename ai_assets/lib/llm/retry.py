@@ -115,7 +115,7 @@ def secret_part(secret: str) -> str:
     """`secret` without a known provider prefix (`sk-proj-abc…` -> `abc…`); unchanged without one."""
     for prefix in KEY_PREFIXES:  # longest first where one prefix starts another
         if secret.startswith(prefix) and len(secret) > len(prefix):
-            return secret[len(prefix):]
+            return secret[len(prefix) :]
     return secret
 
 
@@ -190,7 +190,7 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
     if parsed is None:
         return None
     if parsed.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return max(0.0, parsed.timestamp() - (time.time() if now is None else now))
 
 

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ai_assets.lib.llm.items import InferenceItem
 from ai_assets.lib.json_values import json_type
+from ai_assets.lib.llm.items import InferenceItem
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
@@ -123,9 +123,7 @@ class ValidatedInput:
         raise InputValidationError(headline, self.problems)
 
 
-def validate_jsonl(
-    path: Path, *, max_prompt_chars: int = 200_000, max_line_bytes: int = 10_000_000
-) -> ValidatedInput:
+def validate_jsonl(path: Path, *, max_prompt_chars: int = 200_000, max_line_bytes: int = 10_000_000) -> ValidatedInput:
     """Validate every line of a JSONL request file; see the module docstring for the rules.
 
     Raises FileNotFoundError (naming the path) when the file does not exist.
@@ -153,7 +151,7 @@ def validate_jsonl(
                 continue
             bom = 0
             if number == 1 and raw.startswith(_BOM):
-                raw, bom = raw[len(_BOM):], len(_BOM)
+                raw, bom = raw[len(_BOM) :], len(_BOM)
             if not raw.strip():
                 continue
             lines += 1
@@ -296,7 +294,7 @@ def _parse(raw: bytes, bom: int, start: int) -> tuple[Any, str | None]:
         try:
             json.dumps(record, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as error:
-            bad = error.object[error.start:error.end]
+            bad = error.object[error.start : error.end]
             code = f"\\u{ord(bad[0]):04x}" if bad else "a surrogate"
             return None, f"unpaired surrogate escape {code}: the text cannot be encoded as UTF-8"
     return record, None
@@ -321,9 +319,7 @@ def _check_record(
         fault("model", f"must be a non-empty string (got {_show(model)})")
 
     max_tokens = record.get("max_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         fault("max_tokens", f"must be a positive integer (got {_show(max_tokens)})")
 
     temperature = record.get("temperature")
@@ -488,4 +484,3 @@ def _show(value: Any) -> str:
         shown = repr(value)
         return shown if len(shown) <= 40 else shown[:40] + "..."
     return json_type(value)
-
