@@ -27,6 +27,7 @@ from ai_assets.run_recovery.workers import (
     BOOT_ID_KEY,
     HOSTNAME_KEY,
     PID_KEY,
+    PID_NS_KEY,
     START_TICKS_KEY,
     HostIdentity,
     ProcessStart,
@@ -79,6 +80,12 @@ def test_a_reused_pid_reads_as_gone() -> None:
         (WorkerRecord(None, None, (RecordedProcess(10, 1.0),)), HOST, "no worker host"),
         (WorkerRecord("vm-a", "boot-1", ()), HOST, "no process id"),
         (WorkerRecord("vm-a", "boot-1", (RecordedProcess(10, 1.0),)), HostIdentity("vm-a", None), "/proc"),
+        # A container on the same kernel with host networking: same hostname and boot id, other pids.
+        (
+            WorkerRecord("vm-a", "boot-1", (RecordedProcess(10, 1.0),), pid_namespace="pid:[4026532200]"),
+            HostIdentity("vm-a", "boot-1", pid_namespace="pid:[4026531836]"),
+            "another PID namespace",
+        ),
     ],
 )
 def test_what_cannot_be_proven_from_here_is_never_dead(record: WorkerRecord, host: HostIdentity, words: str) -> None:
@@ -152,7 +159,12 @@ def _exited_pid() -> int:
 
 def _local_worker(pid: int) -> dict[str, str]:
     host = HostIdentity.current()
-    return {HOSTNAME_KEY: host.hostname, BOOT_ID_KEY: str(host.boot_id), PID_KEY: str(pid)}
+    return {
+        HOSTNAME_KEY: host.hostname,
+        BOOT_ID_KEY: str(host.boot_id),
+        PID_NS_KEY: str(host.pid_namespace),
+        PID_KEY: str(pid),
+    }
 
 
 def _holders(instance: dg.DagsterInstance) -> list[str]:

@@ -221,6 +221,12 @@ def test_overlap_must_stay_below_the_chunk_size(clean_env: pytest.MonkeyPatch) -
         settings.value("CHUNK_SIZE")
     clean_env.setenv("CHUNK_OVERLAP", "63")
     assert (settings.value("CHUNK_SIZE"), settings.value("CHUNK_OVERLAP")) == (64, 63)
+    # A CHUNK_SIZE at or below the DEFAULT overlap fails this load, naming CHUNK_SIZE: apply_defaults
+    # would otherwise write CHUNK_OVERLAP=32 and every process started from this one would fail on it.
+    clean_env.delenv("CHUNK_OVERLAP")
+    clean_env.setenv("CHUNK_SIZE", "20")
+    with pytest.raises(settings.SettingError, match=r"CHUNK_SIZE='20': not above the default CHUNK_OVERLAP \(32\)"):
+        settings.value("CHUNK_SIZE")
 
 
 def test_every_invalid_setting_is_reported_at_once(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:

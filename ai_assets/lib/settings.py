@@ -298,9 +298,19 @@ def problems(environ: Mapping[str, str]) -> tuple[list[str], dict[str, Any]]:
         except _Invalid as err:
             found.append(_describe(setting, raw, str(err)))
     size = values.get("CHUNK_SIZE", SETTINGS["CHUNK_SIZE"].default)
-    overlap = values.get("CHUNK_OVERLAP")
-    if overlap is not None and overlap >= size:
-        found.append(_describe(SETTINGS["CHUNK_OVERLAP"], environ["CHUNK_OVERLAP"], f"not below CHUNK_SIZE ({size})"))
+    # The default overlap counts too: apply_defaults writes it into the environment, so a CHUNK_SIZE at
+    # or below it would pass this load and fail every process started from it, naming an unset variable.
+    overlap = values.get("CHUNK_OVERLAP", SETTINGS["CHUNK_OVERLAP"].default)
+    if overlap >= size:
+        shown = environ.get("CHUNK_OVERLAP") or ""
+        if "CHUNK_OVERLAP" in values:
+            found.append(_describe(SETTINGS["CHUNK_OVERLAP"], shown, f"not below CHUNK_SIZE ({size})"))
+        else:
+            found.append(
+                _describe(
+                    SETTINGS["CHUNK_SIZE"], environ["CHUNK_SIZE"], f"not above the default CHUNK_OVERLAP ({overlap})"
+                )
+            )
     return found, values
 
 

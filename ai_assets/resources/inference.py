@@ -38,7 +38,13 @@ class InferenceResource(dg.ConfigurableResource):
 def folders_from_environment() -> InferenceFolders:
     """The inference folders the code location would use, for a command outside Dagster (`submit`):
     the deployment's `inference` resource, resolved from this process's environment."""
+    return settings_from_environment()[0]
+
+
+def settings_from_environment() -> tuple[InferenceFolders, int]:
+    """(folders, max_prompt_chars) of the deployment's `inference` resource, resolved from this
+    process's environment, so that `submit` validates exactly as the run will."""
     from ai_assets.resources import build_resources
 
     with build_resources()["inference"].process_config_and_initialize_cm() as inference:
-        return inference.folders()
+        return inference.folders(), inference.max_prompt_chars

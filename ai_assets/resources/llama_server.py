@@ -39,6 +39,7 @@ LLAMA_CPP_PYTHON_PIN = "0.3.36"
 # A socket closed by a dying process can reach the client a moment before the kernel lets the parent
 # reap it: after a connection error, how long to wait for the exit before calling the server alive.
 _EXIT_GRACE_S = 1.0
+_LOG_TAIL_BYTES = 64 * 1024
 _LOG_TAIL_LINES = 20
 
 
@@ -69,12 +70,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Loaded here, in the parent: between fork and exec the child may only make async-signal-safe calls,
+# and loading a library (dlopen, malloc) is not one when other threads of the step hold their locks.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: no parent-death signal
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    # Linux: the server gets SIGTERM when the thread that started it ends, which for a step is its
+    # process (the server is started from the step's main thread), even by SIGKILL.
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def reinstall_command(python: str | None = None) -> str:
@@ -200,10 +208,10 @@ class LlamaServer:
         ]  # fmt: skip
         if self.threads > 0:
             cmd += ["--n_threads", str(self.threads)]
-        self.process = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-        )
         try:
+            self.process = subprocess.Popen(
+                cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            )
             self._wait_until_ready()
         except BaseException:
             self.stop()
@@ -281,9 +289,14 @@ class LlamaServer:
         return EmbeddedServerDied(self.death_report())
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last `lines` lines of the server's log, read from its end (the log grows with every request)."""
         if self._log is None:
             return ""
-        return "\n".join(Path(self._log.name).read_text(errors="replace").splitlines()[-lines:])
+        with open(self._log.name, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - _LOG_TAIL_BYTES))
+            tail = log.read().decode(errors="replace")
+        return "\n".join(tail.splitlines()[-lines:])
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 # Metadata keys of the engine event the recovering executor writes when a run starts.
 HOSTNAME_KEY = "worker_hostname"
 BOOT_ID_KEY = "worker_boot_id"
+PID_NS_KEY = "worker_pid_namespace"
 PID_KEY = "pid"  # the key Dagster's own engine events use for the pids they record
 START_TICKS_KEY = "pid_start_ticks"
 
@@ -40,6 +41,9 @@ class HostIdentity:
 
     hostname: str
     boot_id: str | None
+    # Containers on one kernel share its boot id, and with host networking even its hostname, but not
+    # their process ids: a pid is only meaningful inside the PID namespace that recorded it.
+    pid_namespace: str | None = None
 
     @classmethod
     def current(cls) -> HostIdentity:
@@ -47,7 +51,11 @@ class HostIdentity:
             boot_id = (_PROC / "sys/kernel/random/boot_id").read_text().strip() or None
         except OSError:
             boot_id = None
-        return cls(hostname=socket.gethostname(), boot_id=boot_id)
+        try:
+            pid_namespace: str | None = os.readlink(_PROC / "self/ns/pid")
+        except OSError:
+            pid_namespace = None
+        return cls(hostname=socket.gethostname(), boot_id=boot_id, pid_namespace=pid_namespace)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class WorkerRecord:
     hostname: str | None
     boot_id: str | None
     processes: tuple[RecordedProcess, ...]
+    pid_namespace: str | None = None
 
 
 class Verdict(enum.Enum):
@@ -118,6 +127,8 @@ def this_process_record() -> dict[str, str]:
     metadata = {HOSTNAME_KEY: host.hostname, PID_KEY: str(os.getpid())}
     if host.boot_id:
         metadata[BOOT_ID_KEY] = host.boot_id
+    if host.pid_namespace:
+        metadata[PID_NS_KEY] = host.pid_namespace
     try:
         start = process_start(os.getpid())
     except OSError:
@@ -129,11 +140,12 @@ def this_process_record() -> dict[str, str]:
 
 def worker_record(events: Iterable[tuple[float, Mapping[str, str]]]) -> WorkerRecord:
     """Gather a run's worker record from its engine events, given as (timestamp, text metadata)."""
-    hostname = boot_id = None
+    hostname = boot_id = pid_namespace = None
     processes: dict[int, RecordedProcess] = {}
     for timestamp, metadata in events:
         if HOSTNAME_KEY in metadata:
             hostname, boot_id = metadata[HOSTNAME_KEY], metadata.get(BOOT_ID_KEY)
+            pid_namespace = metadata.get(PID_NS_KEY)
         raw_pid = metadata.get(PID_KEY)
         if raw_pid is None or not raw_pid.strip().isdigit():
             continue
@@ -147,7 +159,9 @@ def worker_record(events: Iterable[tuple[float, Mapping[str, str]]]) -> WorkerRe
             recorded_at=earlier.recorded_at if earlier else timestamp,
             start_ticks=ticks if ticks is not None else (earlier.start_ticks if earlier else None),
         )
-    return WorkerRecord(hostname=hostname, boot_id=boot_id, processes=tuple(processes.values()))
+    return WorkerRecord(
+        hostname=hostname, boot_id=boot_id, processes=tuple(processes.values()), pid_namespace=pid_namespace
+    )
 
 
 def judge(
@@ -167,6 +181,9 @@ def judge(
     if record.boot_id != host.boot_id:
         return Judgement(Verdict.UNKNOWN, f"its worker ran on host {record.hostname!r} under another "
                          "kernel boot id (another machine of the same name, or before a reboot)")  # fmt: skip
+    if record.pid_namespace != host.pid_namespace:
+        return Judgement(Verdict.UNKNOWN, "its worker ran in another PID namespace (another container on "
+                         "this kernel), whose processes cannot be seen from here")  # fmt: skip
     if not record.processes:
         return Judgement(Verdict.UNKNOWN, "it recorded no process id")
     for process in record.processes:

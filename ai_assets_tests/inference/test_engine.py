@@ -314,3 +314,17 @@ def test_no_more_workers_start_once_one_has_aborted_the_batch(tmp_path: Path) ->
         asyncio.run(go())
     assert calls == ["i0"]  # not one request per worker still to be started
     assert ResultLedger(tmp_path / "l.jsonl").load() == {}
+
+
+def test_an_answer_echoing_the_key_is_recorded_redacted(tmp_path: Path) -> None:
+    key = "sk-proj-Zq8hT3kP0wYb7uVn2LmR5sXcJ4dE"
+
+    async def echo(item: InferenceItem) -> CallResult:
+        return CallResult(f"your key is {key.removeprefix('sk-proj-')} ({item.id})", "m", "stop", 1, 1)
+
+    with ResultLedger(tmp_path / "ledger.jsonl") as ledger:
+        items = [InferenceItem(id="a", messages=({"role": "user", "content": "key?"},), line=1)]
+        asyncio.run(run_batch(items, echo, ledger=ledger, max_in_flight=1, retry=RetryPolicy(), secrets=[key]))
+        (row,) = ledger.load().values()
+    assert row.output == "your key is *** (a)"
+    assert "Zq8hT3kP" not in (tmp_path / "ledger.jsonl").read_text()

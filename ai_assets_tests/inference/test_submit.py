@@ -116,3 +116,13 @@ def test_cli_reports_a_missing_file_and_warnings(
     err = capsys.readouterr().err
     assert f"warning: skipped {partly}:2: needs 'prompt' or 'messages'" in err
     assert f"warning: {partly}:1: temprature: unknown field, ignored (did you mean 'temperature'?)" in err
+
+
+def test_submit_validates_with_the_deployed_prompt_limit(
+    tmp_path: Path, inbox: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run validates with the inference resource's INFERENCE_MAX_PROMPT_CHARS: so must submit.
+    monkeypatch.setenv("INFERENCE_MAX_PROMPT_CHARS", "50")
+    done = submit(requests_file(tmp_path / "long.jsonl", "short", "x" * 60), instance)
+    assert [problem.location.rsplit(":", 1)[1] for problem in done.validated.problems] == ["2"]
+    assert "50" in str(done.validated.problems[0])

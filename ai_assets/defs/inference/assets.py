@@ -6,8 +6,8 @@ import time
 import dagster as dg
 
 from ai_assets.defs.inference.checks import CHECK_SPECS, error_rate_within_threshold, one_output_per_input
-from ai_assets.lib.inference.files import file_digest, write_outputs
-from ai_assets.lib.llm.engine import BatchStats, assemble_outputs, run_batch
+from ai_assets.lib.inference.files import PARTITIONS, file_digest, write_outputs
+from ai_assets.lib.llm.engine import BatchStats, assemble_outputs, counts_since, failed_since, run_batch
 from ai_assets.lib.llm.ledger import ResultLedger
 from ai_assets.lib.llm.openai_call import make_openai_call, warm_up_connections
 from ai_assets.lib.llm.rate_limit import RateLimiter
@@ -24,7 +24,7 @@ from ai_assets.lib.metadata import preview_table, table_metadata
 from ai_assets.resources.inference import InferenceResource
 from ai_assets.resources.llm import LLMResource
 
-inference_files = dg.DynamicPartitionsDefinition(name="inference_files")
+inference_files = dg.DynamicPartitionsDefinition(name=PARTITIONS)
 
 PREVIEW_COLUMNS = [
     dg.TableColumn("id"),
@@ -143,10 +143,14 @@ async def _run(context: dg.AssetExecutionContext, llm: LLMResource, items, ledge
     previous = ledger.load()
     answered_before = sum(1 for item in items if item.id in previous and previous[item.id].succeeded)
     batch_s = 0.0  # time in run_batch over all passes, server (re)starts excluded
+    passes = 0
     rate_limits = llm.rate_limits()  # (requests, tokens) per minute; a malformed one fails here, named
 
     async def batch(client) -> BatchStats:  # noqa: ANN001 - an openai.AsyncOpenAI
-        nonlocal batch_s
+        nonlocal batch_s, passes
+        passes += 1
+        # After a restart: items that already failed for good earlier in this step are not paid for twice.
+        final = failed_since(previous, ledger.load()) if passes > 1 else set()
         # Open the connections before the first request, so short batches do not pay their set-up
         # while the slots should already be busy.
         pending = len(items) - answered_before
@@ -166,14 +170,16 @@ async def _run(context: dg.AssetExecutionContext, llm: LLMResource, items, ledge
                 on_progress=lambda progress: context.log.info(str(progress)),
                 # Errors are recorded in outputs and logs: the key is scrubbed from them whatever its shape.
                 secrets=[llm.api_key] if llm.api_key else [],
+                final=final,
             )
         finally:
             batch_s += time.perf_counter() - started
 
     stats = await llm.supervised(context.log, batch)
-    # After a restart the last pass counts what the earlier pass answered as skipped: it was answered
-    # in this step, so report it as such.
-    stats.succeeded += stats.skipped - answered_before
-    stats.skipped = answered_before
+    if passes > 1:
+        # The last pass saw what earlier passes answered as skipped, and an aborted pass returns no
+        # stats: count this step's work from the ledger, which holds every finished item.
+        stats.succeeded, stats.failed, stats.retries = counts_since(previous, ledger.load(), [i.id for i in items])
+        stats.skipped = answered_before
     stats.wall_s = batch_s
     return stats

@@ -343,6 +343,10 @@ async def _judge_all(
     client = openai.AsyncOpenAI(
         base_url=judge.base_url, api_key=judge.api_key, max_retries=judge.http_retries, timeout=judge.timeout_s
     )
+    # The SDK fills these from OPENAI_ORG_ID / OPENAI_PROJECT_ID, which belong to the inference provider
+    # (and hold "" when unset): the judge is another endpoint and gets neither header.
+    client.organization = None
+    client.project = None
     async with client:
         llm = llm_factory(
             judge.model,

@@ -73,6 +73,10 @@ def key_for_name(name: str) -> str:
     return stem + suffix
 
 
+# The name of the dynamic partitions of `inference_outputs`: one per input file.
+PARTITIONS = "inference_files"
+
+
 def partition_key_for(path: Path) -> str:
     """A file's partition key: see `key_for_name`."""
     return key_for_name(path.name)

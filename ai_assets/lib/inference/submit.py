@@ -24,8 +24,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.defs.inference.assets import inference_files
-from ai_assets.lib.inference.files import InferenceFolders, file_digest, partition_key_for
+from ai_assets.lib.inference.files import PARTITIONS, InferenceFolders, file_digest, partition_key_for
 from ai_assets.lib.llm.validation import InputValidationError, ValidatedInput, validate_jsonl
 
 
@@ -44,29 +43,37 @@ class Submission:
 
 
 def submit(
-    source: Path, instance: dg.DagsterInstance, *, replace: bool = False, folders: InferenceFolders | None = None
+    source: Path,
+    instance: dg.DagsterInstance,
+    *,
+    replace: bool = False,
+    folders: InferenceFolders | None = None,
+    max_prompt_chars: int | None = None,
 ) -> Submission:
     """Validate `source`, copy it into the inbox and register its partition.
 
-    `folders` defaults to the code location's (its `inference` resource, from this environment).
+    `folders` and `max_prompt_chars` default to the code location's (its `inference` resource, from this
+    environment), so a file is validated here exactly as the run will validate it.
 
     Raises `InputValidationError` when no line is usable, and `SubmitError` when the inbox already
     holds a different file under the same key and `replace` is false. The copy is written beside the
     target and moved into place, so the inbox sensor never reads a half-copied file.
     """
     source = Path(source)
-    validated = validate_jsonl(source)
+    if folders is None or max_prompt_chars is None:
+        from ai_assets.resources.inference import settings_from_environment
+
+        deployed_folders, deployed_limit = settings_from_environment()
+        folders = folders or deployed_folders
+        max_prompt_chars = max_prompt_chars if max_prompt_chars is not None else deployed_limit
+    validated = validate_jsonl(source, max_prompt_chars=max_prompt_chars)
     validated.raise_if_unusable(strict=False)
     key = partition_key_for(source)
-    if folders is None:
-        from ai_assets.resources.inference import folders_from_environment
-
-        folders = folders_from_environment()
     target = folders.input_path(key)
     target.parent.mkdir(parents=True, exist_ok=True)
     action = _place(source, target, key, replace)
-    if not instance.has_dynamic_partition(inference_files.name, key):
-        instance.add_dynamic_partitions(inference_files.name, [key])
+    if not instance.has_dynamic_partition(PARTITIONS, key):
+        instance.add_dynamic_partitions(PARTITIONS, [key])
     return Submission(key=key, path=target, action=action, validated=validated)
 
 

@@ -13,9 +13,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 import openai
 
 from ai_assets.lib.llm.engine import run_batch
@@ -23,7 +22,12 @@ from ai_assets.lib.llm.items import InferenceItem
 from ai_assets.lib.llm.ledger import ResultLedger
 from ai_assets.lib.llm.openai_call import make_openai_call, warm_up_connections
 from ai_assets.lib.llm.retry import RetryPolicy
-from ai_assets.resources.llm import LLMResource
+
+if TYPE_CHECKING:
+    # Types only: this layer runs requests; the resource (served model, restarts) is handed in.
+    import dagster as dg
+
+    from ai_assets.resources.llm import LLMResource
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered context passages you are given. "

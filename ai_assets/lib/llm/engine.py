@@ -32,13 +32,13 @@ import gc
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ai_assets.lib.llm.items import CallResult, InferenceItem, OutputRow
 from ai_assets.lib.llm.ledger import ResultLedger
 from ai_assets.lib.llm.rate_limit import RateLimiter, estimate_tokens
-from ai_assets.lib.llm.retry import RetryPolicy, classify
+from ai_assets.lib.llm.retry import RetryPolicy, classify, redact
 
 
 class AbortBatch(Exception):
@@ -109,6 +109,7 @@ async def run_batch(
     progress_every_s: float = 10.0,
     rng: random.Random | None = None,
     secrets: Sequence[str] = (),
+    final: Collection[str] = (),
 ) -> BatchStats:
     """Complete every item not already successful in `ledger`, recording one row per finished item.
 
@@ -130,7 +131,9 @@ async def run_batch(
     jobs: list[_Job] = []
     for item in items:
         row = previous.get(item.id)
-        if row is not None and row.succeeded:
+        # `final`: ids whose failed row is already this step's last word (they spent their attempts in
+        # an earlier pass of the same step, before a server restart): not sent again.
+        if row is not None and (row.succeeded or item.id in final):
             stats.skipped += 1
         else:
             jobs.append(_Job(1, len(jobs), item, row.attempts if row is not None else 0))
@@ -219,7 +222,8 @@ async def run_batch(
         finish(
             OutputRow(
                 id=item.id,
-                output=result.output,
+                # A model (or a proxy) can echo the key back in an answer: it never reaches the outputs.
+                output=redact(result.output, secrets) if secrets else result.output,
                 model=result.model,
                 finish_reason=result.finish_reason,
                 prompt_tokens=result.prompt_tokens,
@@ -339,3 +343,24 @@ def assemble_outputs(items: Sequence[InferenceItem], rows: Mapping[str, OutputRo
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise KeyError(f"{len(missing)} item(s) have no result row: {shown}")
     return [rows[item.id] for item in items]
+
+
+def failed_since(before: Mapping[str, OutputRow], now: Mapping[str, OutputRow]) -> set[str]:
+    """Ids whose row in `now` failed and was written after `before` was read (it differs from it)."""
+    return {item_id for item_id, row in now.items() if not row.succeeded and before.get(item_id) != row}
+
+
+def counts_since(
+    before: Mapping[str, OutputRow], now: Mapping[str, OutputRow], ids: Sequence[str]
+) -> tuple[int, int, int]:
+    """(succeeded, failed, retries) of the rows of `ids` written after `before` was read: the work of a
+    step over all its passes, even when a pass was aborted and returned no stats."""
+    succeeded = failed = retries = 0
+    for item_id in ids:
+        row, earlier = now.get(item_id), before.get(item_id)
+        if row is None or row == earlier:
+            continue
+        succeeded += row.succeeded
+        failed += not row.succeeded
+        retries += max(row.attempts - (earlier.attempts if earlier else 0) - 1, 0)
+    return succeeded, failed, retries
