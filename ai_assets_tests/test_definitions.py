@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,26 @@ def test_dg_sees_the_same_code_location() -> None:
     assert listed.returncode == 0, listed.stderr
     for name in ("raw_documents", "document_embeddings", "rag_quality_metrics", "inference_outputs", "rag_ingestion"):
         assert name in listed.stdout
+
+
+def test_the_code_location_loads_from_an_installed_package_without_the_project_file(tmp_path: Path) -> None:
+    # A wheel install (e.g. an image built with `pip install .`) has the package but no pyproject.toml.
+    site = tmp_path / "site"
+    shutil.copytree(REPO_ROOT / "ai_assets", site / "ai_assets", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = (
+        "import ai_assets, ai_assets.definitions as d; "
+        "print(ai_assets.__file__); print(sorted(a.key.to_user_string() for a in d.defs.resolve_all_asset_specs()))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "DAGSTER_HOME": str(tmp_path),
+        "AI_ASSETS_DATA_DIR": str(tmp_path / "d"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    origin, assets = done.stdout.strip().splitlines()[-2:]
+    assert origin.startswith(str(site))
+    assert assets == str(sorted(spec.key.to_user_string() for spec in specs()))
