@@ -104,14 +104,18 @@ def test_credentials_in_the_url_stay_out_of_the_message(refused_url: str, data_d
     assert "hunter2" not in str(caught.value) and refused_url in str(caught.value)
 
 
-class _Answer(http.server.BaseHTTPRequestHandler):
-    status = 401
+class _JsonServer(http.server.BaseHTTPRequestHandler):
+    """Records every GET path and answers it with `answer(path)`: (status, JSON body)."""
+
     requests: list[str] = []
+
+    def answer(self, path: str) -> tuple[int, bytes]:
+        raise NotImplementedError
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
         type(self).requests.append(self.path)
-        body = b'{"status": {"error": "Must provide an API key"}}'
-        self.send_response(self.status)
+        status, body = self.answer(self.path)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -119,6 +123,13 @@ class _Answer(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class _Answer(_JsonServer):
+    status = 401
+
+    def answer(self, path: str) -> tuple[int, bytes]:
+        return self.status, b'{"status": {"error": "Must provide an API key"}}'
 
 
 @pytest.mark.parametrize(("status", "advice"), [(401, "QDRANT_API_KEY"), (404, "root URL")])
@@ -138,25 +149,15 @@ def test_a_refusing_server_says_which_setting_to_fix(status: int, advice: str, d
     assert "/collections" in handler.requests  # the probe really reached the server
 
 
-class _Healthy(http.server.BaseHTTPRequestHandler):
+class _Healthy(_JsonServer):
     """Answers the two requests a new server client makes the way a Qdrant server does."""
 
     requests: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        type(self).requests.append(self.path)
-        if self.path == "/collections":
-            body = b'{"result": {"collections": []}, "status": "ok", "time": 0.0}'
-        else:
-            body = b'{"title": "qdrant - vector search engine", "version": "1.16.0"}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def answer(self, path: str) -> tuple[int, bytes]:
+        if path == "/collections":
+            return 200, b'{"result": {"collections": []}, "status": "ok", "time": 0.0}'
+        return 200, b'{"title": "qdrant - vector search engine", "version": "1.16.0"}'
 
 
 def test_a_reachable_server_is_probed_once_then_used(data_dir: Path) -> None:

@@ -363,6 +363,18 @@ print("SEEN " + json.dumps(seen))
 """
 
 
+def validate_definitions(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`dagster definitions validate` on the code location, in a process with environment `env`."""
+    return subprocess.run(
+        [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_every_valid_setting_loads_and_reaches_its_resource_or_config(tmp_path: Path) -> None:
     cases = valid_values(tmp_path)
     env = subprocess_env({name: raw for name, (raw, _) in cases.items()}, tmp_path)
@@ -374,28 +386,14 @@ def test_every_valid_setting_loads_and_reaches_its_resource_or_config(tmp_path: 
     assert seen == {name: expected for name, (_, expected) in cases.items()}
 
     # The float settings once broke `dagster definitions validate` (EnvVar has no `float`).
-    validate = subprocess.run(
-        [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    validate = validate_definitions(env)
     assert validate.returncode == 0, (validate.stdout + validate.stderr)[-4000:]
 
 
 def test_every_invalid_setting_stops_the_load_naming_each(tmp_path: Path) -> None:
     bad = invalid_values(tmp_path)
     env = subprocess_env(bad, tmp_path)
-    result = subprocess.run(
-        [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = validate_definitions(env)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     for name, raw in bad.items():
@@ -406,14 +404,7 @@ def test_every_invalid_setting_stops_the_load_naming_each(tmp_path: Path) -> Non
 
 def test_one_bad_integer_is_one_line_naming_it_not_a_python_traceback_line(tmp_path: Path) -> None:
     env = subprocess_env({"CHUNK_SIZE": "abc"}, tmp_path)
-    result = subprocess.run(
-        [DAGSTER, "definitions", "validate", "-m", "ai_assets.definitions"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = validate_definitions(env)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "invalid literal for int()" not in output

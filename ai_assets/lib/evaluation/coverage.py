@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ai_assets.lib.evaluation.eval_set import EvalQuestion
+from ai_assets.lib.ingestion.vector_index import scroll_payloads
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -28,16 +29,11 @@ class UnindexedJudgement:
 
 def indexed_doc_ids(client: QdrantClient, collection: str, page_size: int = 4096) -> set[str]:
     """Every `doc_id` with at least one point in `collection` (an alias works too)."""
-    found: set[str] = set()
-    offset = None
-    while True:
-        points, offset = client.scroll(
-            collection, limit=page_size, offset=offset, with_payload=["doc_id"], with_vectors=False
-        )
-        found.update(str((point.payload or {}).get("doc_id", "")) for point in points)
-        if offset is None:
-            found.discard("")
-            return found
+    found = {
+        str(payload.get("doc_id", "")) for _, payload in scroll_payloads(client, collection, ["doc_id"], page_size)
+    }
+    found.discard("")
+    return found
 
 
 def unindexed_judgements(questions: Sequence[EvalQuestion], indexed: set[str]) -> list[UnindexedJudgement]:

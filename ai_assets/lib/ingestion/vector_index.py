@@ -68,21 +68,30 @@ class IndexedPoint:
     chunk_hash: str
 
 
-def scan_points(client: QdrantClient, collection: str, page_size: int = 4096) -> dict[str, IndexedPoint]:
-    """Every point id in the collection with the payload fields that sync decisions need."""
-    found: dict[str, IndexedPoint] = {}
+def scroll_payloads(
+    client: QdrantClient, collection: str, fields: Sequence[str], page_size: int = 4096
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(point id, the payload's `fields`) of every point in the collection (an alias works too), page by
+    page, without vectors."""
     offset = None
     while True:
         points, offset = client.scroll(
-            collection, limit=page_size, offset=offset, with_payload=SCANNED_PAYLOAD, with_vectors=False
+            collection, limit=page_size, offset=offset, with_payload=list(fields), with_vectors=False
         )
         for point in points:
-            payload = point.payload or {}
-            found[str(point.id)] = IndexedPoint(
-                str(payload.get("doc_id", "")), str(payload.get("source", "")), str(payload.get("chunk_hash", ""))
-            )
+            yield str(point.id), point.payload or {}
         if offset is None:
-            return found
+            return
+
+
+def scan_points(client: QdrantClient, collection: str, page_size: int = 4096) -> dict[str, IndexedPoint]:
+    """Every point id in the collection with the payload fields that sync decisions need."""
+    return {
+        point_id: IndexedPoint(
+            str(payload.get("doc_id", "")), str(payload.get("source", "")), str(payload.get("chunk_hash", ""))
+        )
+        for point_id, payload in scroll_payloads(client, collection, SCANNED_PAYLOAD, page_size)
+    }
 
 
 @dataclass(frozen=True)
