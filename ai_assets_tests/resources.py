@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ai_assets.lib.inference.files import InferenceFolders
+from ai_assets.lib.vector_store import VectorStore
 from ai_assets.resources import QdrantResource, build_resources
 from ai_assets.resources.inference import folders_from_environment
 
@@ -29,3 +30,20 @@ def qdrant_on_data_folder(**fields: Any) -> QdrantResource:
 def inference_folders() -> InferenceFolders:
     """The inbox, ledgers and outputs folders the code location uses in this environment."""
     return folders_from_environment()
+
+
+class QdrantClientStoreResource(QdrantResource):
+    """The Qdrant-server implementation (`QdrantClientStore`) over qdrant-client's local mode.
+
+    No Qdrant server can run here; local mode answers the same qdrant-client calls in process, so every
+    line of the server store runs (payload indexes aside, which local mode does not have).
+    """
+
+    def _open(self, log: Any) -> VectorStore:
+        from qdrant_client import QdrantClient
+
+        from ai_assets.lib.vector_store.client_store import QdrantClientStore
+
+        path = self.local_path / "qdrant-client"
+        path.mkdir(parents=True, exist_ok=True)
+        return QdrantClientStore(QdrantClient(path=str(path)), str(path), indexes=False)

@@ -56,4 +56,5 @@ def test_cli_materialize_ingests_and_runs_checks(tmp_path: Path, cli_env: dict[s
     for check in ("chunk_ids_unique", "chunks_not_empty", "point_count_matches_chunks", "smoke_retrieval"):
         assert f"Asset check '{check}'" in output and "passed" in output
     assert "RUN_SUCCESS" in output
-    assert (tmp_path / "data" / "qdrant" / "meta.json").exists()
+    store = tmp_path / "data" / "qdrant"
+    assert (store / "ai_assets_store.json").exists() and (store / "aliases.json").exists()

@@ -1,4 +1,5 @@
-"""Embedded Qdrant locks its folder per process: a second process waits for it, then fails clearly."""
+"""The vector-store resource: the embedded store locks its folder per process (a second process waits, then
+fails clearly), and a Qdrant server that cannot be used is named with the setting to fix."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ai_assets.lib.vector_store import StoreLockedError
 from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.qdrant import QdrantResource, QdrantServerError
 
@@ -24,11 +26,12 @@ def qdrant(data_dir: Path, **fields: object) -> QdrantResource:
 
 HOLD = """
 import sys, time
-from qdrant_client import QdrantClient
-client = QdrantClient(path=sys.argv[1])
+from pathlib import Path
+from ai_assets.lib.vector_store.edge import EdgeStore
+store = EdgeStore(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
-client.close()
+store.close()
 """
 
 
@@ -43,8 +46,7 @@ def test_second_process_waits_for_the_folder_lock(tmp_path: Path) -> None:
     started = time.monotonic()
     resource = qdrant(tmp_path / "data", path=str(tmp_path / "qdrant"), lock_timeout_s=60)
     try:
-        client = resource.get_client()
-        assert client.get_collections().collections == []
+        assert resource.get_store().collections() == []
         assert time.monotonic() - started >= 1.0  # it really waited for the other process
     finally:
         resource.close()
@@ -54,8 +56,10 @@ def test_second_process_waits_for_the_folder_lock(tmp_path: Path) -> None:
 def test_lock_timeout_names_the_folder_and_the_way_out(tmp_path: Path) -> None:
     holder = hold_lock(tmp_path / "qdrant", 10.0)
     try:
-        with pytest.raises(RuntimeError, match=r"QDRANT_PATH.*QDRANT_URL"):
-            qdrant(tmp_path / "data", path=str(tmp_path / "qdrant"), lock_timeout_s=1).get_client()
+        with pytest.raises(
+            StoreLockedError, match=r"QDRANT_PATH\) stayed locked by another process \(pid \d+\).*QDRANT_URL"
+        ):
+            qdrant(tmp_path / "data", path=str(tmp_path / "qdrant"), lock_timeout_s=1).get_store()
     finally:
         holder.kill()
         holder.wait()
@@ -100,7 +104,7 @@ def test_unreachable_server_names_the_url_the_variable_and_the_way_out(refused_u
 def test_credentials_in_the_url_stay_out_of_the_message(refused_url: str, data_dir: Path) -> None:
     with_password = refused_url.replace("http://", "http://admin:hunter2@")
     with pytest.raises(QdrantServerError) as caught:
-        qdrant(data_dir, url=with_password).get_client()
+        qdrant(data_dir, url=with_password).get_store()
     assert "hunter2" not in str(caught.value) and refused_url in str(caught.value)
 
 
@@ -140,7 +144,7 @@ def test_a_refusing_server_says_which_setting_to_fix(status: int, advice: str, d
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         with pytest.raises(QdrantServerError) as caught:
-            qdrant(data_dir, url=url).get_client()
+            qdrant(data_dir, url=url).get_store()
     finally:
         server.shutdown()
         server.server_close()
@@ -165,8 +169,8 @@ def test_a_reachable_server_is_probed_once_then_used(data_dir: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     resource = qdrant(data_dir, url=f"http://127.0.0.1:{server.server_address[1]}")
     try:
-        client = resource.get_client()
-        assert resource.get_client() is client
+        store = resource.get_store()
+        assert resource.get_store() is store and store.kind == "server"
         assert _Healthy.requests == ["/collections", "/"]
     finally:
         resource.close()

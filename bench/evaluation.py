@@ -39,10 +39,10 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     import dagster as dg
-    from qdrant_client import QdrantClient
 
     from ai_assets.lib.evaluation.eval_set import load_eval_set
     from ai_assets.lib.evaluation.retrieval import search_documents
+    from ai_assets.lib.vector_store.edge import EdgeStore
     from ai_assets.resources.data_folder import data_folder_from_environment as data_dir
     from ai_assets.resources.embeddings import EmbeddingModelResource
     from ai_assets.resources.llm import LLMResource
@@ -98,12 +98,11 @@ def run(args: argparse.Namespace) -> None:
 
     # The same work done directly: encode the queries, run the same searches, nothing else.
     questions, _ = load_eval_set(str(SCIFACT), beir_doc_id_prefix="scifact#")
-    client = QdrantClient(path=str(data_dir() / "qdrant"))
-    started = time.perf_counter()
-    vectors = model.encode([q.question for q in questions])
-    search_documents(client, "knowledge-base", vectors, top_documents=100)
-    direct_s = time.perf_counter() - started
-    client.close()
+    with EdgeStore(data_dir() / "qdrant") as store:
+        started = time.perf_counter()
+        vectors = model.encode([q.question for q in questions])
+        search_documents(store, "knowledge-base", vectors, top_documents=100)
+        direct_s = time.perf_counter() - started
     emit("eval_retrieval_s", round(eval_s, 3))
     emit("direct_encode_and_search_s", round(direct_s, 3))
     emit("eval_vs_encode_ratio", round(eval_s / direct_s, 3))

@@ -83,27 +83,49 @@ def chunking(repeats: int = 3) -> None:
     emit("chunking_flatness", round(min(rates.values()) / max(rates.values()), 3))
 
 
-def job_runner(sources: str, model, chunk_size: int = 200, chunk_overlap: int = 32):
+def ingestion_definitions(sources: str, model, qdrant=None):
+    """The ingestion domain with the deployment's settings resources, `model` and `qdrant` (default: the
+    embedded store on the data folder)."""
     import dagster as dg
 
-    from ai_assets_tests.domains import domain_defs
-
-    ingestion = domain_defs("ingestion")
     from ai_assets.resources.qdrant import QdrantResource
     from ai_assets.resources.sources import DocumentSourcesResource
+    from ai_assets_tests.domains import domain_defs
     from ai_assets_tests.resources import settings_resources
 
-    defs = dg.Definitions(
+    ingestion = domain_defs("ingestion")
+    return dg.Definitions(
         assets=ingestion.assets,
         asset_checks=ingestion.asset_checks,
         jobs=ingestion.jobs,
         resources={
             **settings_resources(),
-            "qdrant": QdrantResource(data_folder=settings_resources()["data_folder"]),
+            "qdrant": qdrant or QdrantResource(data_folder=settings_resources()["data_folder"]),
             "embedding_model": model,
             "document_sources": DocumentSourcesResource(sources=sources),
         },
     )
+
+
+def scifact_test_queries() -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """SciFact's test queries (id -> text) and their relevance judgements (query id -> doc id -> grade)."""
+    qrels: dict[str, dict[str, float]] = {}
+    with (SCIFACT / "qrels" / "test.tsv").open(newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            qrels.setdefault(row["query-id"].strip(), {})[row["corpus-id"].strip()] = float(row["score"])
+    queries = {}
+    with (SCIFACT / "queries.jsonl").open() as f:
+        for line in f:
+            q = json.loads(line)
+            if q["_id"] in qrels:
+                queries[q["_id"]] = q["text"]
+    return queries, qrels
+
+
+def job_runner(sources: str, model, chunk_size: int = 200, chunk_overlap: int = 32):
+    import dagster as dg
+
+    defs = ingestion_definitions(sources, model)
     job = defs.resolve_job_def("rag_ingestion")
     instance = dg.DagsterInstance.ephemeral()
 
@@ -193,13 +215,11 @@ def incremental(args: argparse.Namespace, work: Path) -> None:
     emit("one_percent_change_deleted", meta["document_embeddings.chunks_deleted"])
 
     expected = expected_chunk_ids(specs, model.tokenizer(), settings, work / "c")
-    from qdrant_client import QdrantClient
-
+    from ai_assets.lib.vector_store.edge import EdgeStore
     from ai_assets.resources.data_folder import data_folder_from_environment as data_dir
 
-    client = QdrantClient(path=str(data_dir() / "qdrant"))
-    report = audit_collection(client, "knowledge-base", expected)
-    client.close()
+    with EdgeStore(data_dir() / "qdrant") as store:
+        report = audit_collection(store, "knowledge-base", expected)
     emit("stale_points", report.stale_points)
     emit("duplicate_points", report.duplicate_points)
     emit("missing_points", report.missing_points)
@@ -207,9 +227,8 @@ def incremental(args: argparse.Namespace, work: Path) -> None:
 
 
 def scifact(args: argparse.Namespace) -> None:
-    from qdrant_client import QdrantClient, models
-
     from ai_assets.lib.evaluation.retrieval import search_documents
+    from ai_assets.lib.vector_store.edge import EdgeStore
     from ai_assets.resources.data_folder import data_folder_from_environment as data_dir
     from ai_assets.resources.embeddings import EmbeddingModelResource
 
@@ -221,35 +240,25 @@ def scifact(args: argparse.Namespace) -> None:
     emit("scifact_chunks", meta["document_chunks.chunks"])
     emit("scifact_ingest_s", round(ingest_s, 1))
 
-    qrels: dict[str, dict[str, float]] = {}
-    with (SCIFACT / "qrels" / "test.tsv").open(newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            qrels.setdefault(row["query-id"].strip(), {})[row["corpus-id"].strip()] = float(row["score"])
-    queries = {}
-    with (SCIFACT / "queries.jsonl").open() as f:
-        for line in f:
-            q = json.loads(line)
-            if q["_id"] in qrels:
-                queries[q["_id"]] = q["text"]
+    queries, qrels = scifact_test_queries()
     ids = sorted(queries)
     vectors = model.encode([queries[i] for i in ids])
-    client = QdrantClient(path=str(data_dir() / "qdrant"))
+    store = EdgeStore(data_dir() / "qdrant")
     emit("scifact_queries", len(ids))
     emit("scifact_chunk_size", args.chunk_size)
     # The pipeline as users run it: every chunk indexed, a document ranked by its best chunk.
-    ndcg, recall = score(search_documents(client, "knowledge-base", vectors, top_documents=100), ids, qrels)
+    ndcg, recall = score(search_documents(store, "knowledge-base", vectors, top_documents=100), ids, qrels)
     emit("scifact_ndcg_at_10", ndcg)
     emit("scifact_recall_at_100", recall)
     # MTEB's convention: the model reads only the start of each document (it truncates at 256 tokens).
     # Ranking by first chunks alone reproduces that reading from the same index.
-    first = models.Filter(must=[models.FieldCondition(key="chunk_index", match=models.MatchValue(value=0))])
     ranked = search_documents(
-        client, "knowledge-base", vectors, top_documents=100, chunks_per_document=1, query_filter=first
+        store, "knowledge-base", vectors, top_documents=100, chunks_per_document=1, where={"chunk_index": 0}
     )
     ndcg, recall = score(ranked, ids, qrels)
     emit("scifact_first_chunk_ndcg_at_10", ndcg)
     emit("scifact_first_chunk_recall_at_100", recall)
-    client.close()
+    store.close()
 
 
 def score(ranked, ids, qrels) -> tuple[float, float]:

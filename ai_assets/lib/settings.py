@@ -177,6 +177,15 @@ def _device(text: str) -> str:
     return text
 
 
+def _one_of(*choices: str) -> Parser:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise _Invalid(f"not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
 def _timezone(text: str) -> str:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -228,13 +237,15 @@ _ALL = [
     # Qdrant
     Setting("QDRANT_URL", None, _url, "an http(s) URL of a Qdrant server, e.g. http://qdrant:6333", "str"),
     Setting("QDRANT_API_KEY", None, _token, "the server's API key, without spaces", "str", secret=True),
-    Setting("QDRANT_PATH", None, _folder, "a folder for the embedded Qdrant", "str"),
+    Setting("QDRANT_PATH", None, _folder, "a folder for the embedded vector store (Qdrant Edge)", "str"),
     Setting("QDRANT_ALIAS", "knowledge-base", _qdrant_name, "letters, digits, '.', '_', '-'", "str"),
     # Embeddings and chunking
     Setting("EMBEDDING_MODEL", "", _text, "a local model folder or a hub name in the local HF cache", "str"),
     Setting("EMBEDDING_DEVICE", "cpu", _device, "cpu, cuda, cuda:N, mps, xpu, ...", "str"),
     Setting("EMBEDDING_BATCH_SIZE", 64, _integer(1), f"{_WHOLE} >= 1", "int"),
     Setting("EMBEDDING_THREADS", 0, _integer(0), f"{_WHOLE} >= 0 (0: all cores)", "int"),
+    # auto: bfloat16 where the device computes it natively and a load probe measures it faster.
+    Setting("EMBEDDING_DTYPE", "auto", _one_of("auto", "float32", "bfloat16"), "auto, float32 or bfloat16", "str"),
     Setting("CHUNK_SIZE", 200, _integer(1), f"{_WHOLE} of tokens >= 1", "int"),
     Setting("CHUNK_OVERLAP", 32, _integer(0), f"{_WHOLE} of tokens >= 0, below CHUNK_SIZE", "int"),
     Setting("AI_ASSETS_TIMEZONE", "UTC", _timezone, "an IANA timezone, e.g. Europe/Paris"),

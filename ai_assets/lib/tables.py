@@ -92,6 +92,16 @@ class TableWriter:
         for row in rows:
             self.write(row)
 
+    def write_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Rows already in Arrow form (e.g. reused from an earlier table), written without a Python
+        object per row; buffered rows go first so the order is kept."""
+        if batch.num_rows == 0:
+            return
+        self._flush()
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+        self._num_rows += table.num_rows
+
     def _flush(self) -> None:
         if self._buffer:
             self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))

@@ -80,6 +80,7 @@ def build_resources() -> dict[str, Any]:
             device=setting_field("EMBEDDING_DEVICE"),
             batch_size=setting_field("EMBEDDING_BATCH_SIZE"),
             threads=setting_field("EMBEDDING_THREADS"),
+            dtype=setting_field("EMBEDDING_DTYPE"),
         ),
         "chunking": ChunkingResource(
             chunk_size=setting_field("CHUNK_SIZE"), chunk_overlap=setting_field("CHUNK_OVERLAP")

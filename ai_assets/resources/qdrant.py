@@ -1,8 +1,7 @@
-"""Qdrant: embedded on disk by default, a Qdrant server when `QDRANT_URL` is set."""
+"""The vector store: Qdrant Edge embedded on disk by default, a Qdrant server when `QDRANT_URL` is set."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -14,10 +13,7 @@ from ai_assets.lib import settings
 from ai_assets.resources.data_folder import DataFolderResource
 
 if TYPE_CHECKING:
-    from qdrant_client import QdrantClient
-
-# Payload fields that ingestion filters and deletes by; indexed on a server (local mode has no indexes).
-INDEXED_PAYLOAD_FIELDS = ("doc_id", "source", "chunk_hash")
+    from ai_assets.lib.vector_store import VectorStore
 
 
 class QdrantServerError(ConnectionError):
@@ -57,12 +53,14 @@ def refused_message(url: str, status: int | None, reason_phrase: str) -> str:
 class QdrantResource(dg.ConfigurableResource):
     """The vector store. Collections are versioned; readers go through `alias`.
 
-    Local mode keeps the whole collection in this process and takes an exclusive lock on its folder, so
-    a second process (another step, another run) waits here for up to `lock_timeout_s` instead of
-    failing at once; the `qdrant` concurrency pool keeps such waits rare.
+    With `url` (QDRANT_URL) empty it is Qdrant Edge, Qdrant's engine embedded in this process, in
+    `path` (QDRANT_PATH; empty means `qdrant` inside the data folder). The folder serves one process
+    at a time, so a second process (another step, another run) waits here for up to `lock_timeout_s`
+    instead of failing at once; the `qdrant` concurrency pool keeps such waits rare. A folder written
+    by qdrant-client's local mode (earlier versions) is migrated on first open, vectors included.
 
-    `url` (QDRANT_URL), `api_key` (QDRANT_API_KEY) and `path` (QDRANT_PATH) empty mean unset: the
-    embedded Qdrant in `qdrant` inside the data folder.
+    With `url` set it is that Qdrant server or cluster (`api_key`: QDRANT_API_KEY), for several
+    processes and hosts at once.
     """
 
     data_folder: DataFolderResource
@@ -73,7 +71,7 @@ class QdrantResource(dg.ConfigurableResource):
     timeout_s: int = 60
     lock_timeout_s: float = 900.0
 
-    _client: QdrantClient | None = PrivateAttr(default=None)
+    _store: VectorStore | None = PrivateAttr(default=None)
 
     @property
     def is_local(self) -> bool:
@@ -81,7 +79,7 @@ class QdrantResource(dg.ConfigurableResource):
 
     @property
     def location(self) -> str:
-        return self.url if self.url else str(self.local_path)
+        return display_url(self.url) if self.url else str(self.local_path)
 
     @property
     def local_path(self) -> Path:
@@ -89,47 +87,29 @@ class QdrantResource(dg.ConfigurableResource):
             return self.data_folder.qdrant_dir
         return Path(settings.parse("QDRANT_PATH", self.path, field="QdrantResource.path")).expanduser().resolve()
 
-    def get_client(self, log: dg.DagsterLogManager | None = None) -> QdrantClient:
-        """The client, opened on first use so steps that never touch Qdrant never take the lock."""
-        if self._client is None:
-            self._client = self._open(log)
-        return self._client
+    def get_store(self, log: dg.DagsterLogManager | None = None) -> VectorStore:
+        """The store, opened on first use so steps that never touch it never take the folder lock."""
+        if self._store is None:
+            self._store = self._open(log)
+        return self._store
 
-    def _open(self, log: dg.DagsterLogManager | None) -> QdrantClient:
-        from qdrant_client import QdrantClient
-
+    def _open(self, log: dg.DagsterLogManager | None) -> VectorStore:
         if not self.is_local:
             return self._open_server(log)
-        path = self.local_path
-        path.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay, warned = 0.5, False
-        while True:
-            try:
-                return QdrantClient(path=str(path))
-            except RuntimeError as err:
-                if "already accessed" not in str(err):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"Qdrant folder {path} stayed locked by another process for "
-                        f"{self.lock_timeout_s:.0f} s (QDRANT_PATH). Embedded Qdrant serves one "
-                        "process at a time: wait for the other run, or set QDRANT_URL to a server."
-                    ) from err
-                if log and not warned:
-                    log.info(f"Waiting for the Qdrant folder lock on {path} (held by another process)")
-                    warned = True
-                time.sleep(delay)
-                delay = min(delay * 1.5, 5.0)
+        from ai_assets.lib.vector_store.edge import EdgeStore
 
-    def _open_server(self, log: dg.DagsterLogManager | None) -> QdrantClient:
-        """A client on a server that has answered one request, so that a wrong URL or key fails here,
+        return EdgeStore(self.local_path, lock_timeout_s=self.lock_timeout_s, log=log.info if log else None)
+
+    def _open_server(self, log: dg.DagsterLogManager | None) -> VectorStore:
+        """A store on a server that has answered one request, so that a wrong URL or key fails here,
         named, instead of as a bare `Connection refused` deep inside the first real operation."""
         import importlib.metadata
 
         from qdrant_client import QdrantClient
         from qdrant_client.common.version_check import is_compatible
         from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        from ai_assets.lib.vector_store.client_store import QdrantClientStore
 
         assert self.url
         # The client's own version check runs in a thread and only warns "Failed to obtain server
@@ -153,59 +133,38 @@ class QdrantResource(dg.ConfigurableResource):
                 f"qdrant-client {client_version}: their major versions should match and their minor "
                 "versions differ by at most 1"
             )
-        return client
+        return QdrantClientStore(client, display_url(self.url))
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        # Releases the local folder lock as soon as the step ends, not when the process exits.
+        # Releases the folder lock as soon as the step ends, not when the process exits.
         self.close()
 
-    # --- collections and aliases -------------------------------------------------------------
+    # --- the alias ---------------------------------------------------------------------------------
 
     def alias_target(self) -> str | None:
         """The collection the alias points at, or None before the first build."""
-        for alias in self.get_client().get_aliases().aliases:
-            if alias.alias_name == self.alias:
-                return alias.collection_name
-        return None
+        return self.get_store().alias_target(self.alias)
 
     def ensure_collection(self, name: str, dimension: int) -> bool:
         """Create the collection (cosine, `dimension`) unless it exists; True when created."""
-        from qdrant_client import models
-
-        client = self.get_client()
-        if client.collection_exists(name):
-            size = client.get_collection(name).config.params.vectors.size  # type: ignore[union-attr]
+        store = self.get_store()
+        if store.collection_exists(name):
+            size = store.dimension(name)
             if size != dimension:
                 raise ValueError(f"Qdrant collection {name} holds {size}-d vectors, the model makes {dimension}-d")
             return False
-        client.create_collection(
-            name,
-            vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
-        )
-        if not self.is_local:
-            for field in INDEXED_PAYLOAD_FIELDS:
-                client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+        store.create_collection(name, dimension)
         return True
 
     def point_alias_at(self, collection: str) -> str | None:
         """Swap the alias to `collection` in one atomic operation; returns the previous target."""
-        from qdrant_client import models
-
-        previous = self.alias_target()
-        if previous == collection:
-            return previous
-        operations: list = []
-        if previous is not None:
-            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self.alias)))
-        operations.append(
-            models.CreateAliasOperation(
-                create_alias=models.CreateAlias(collection_name=collection, alias_name=self.alias)
-            )
-        )
-        self.get_client().update_collection_aliases(change_aliases_operations=operations)
+        store = self.get_store()
+        previous = store.alias_target(self.alias)
+        if previous != collection:
+            store.set_alias(self.alias, collection)
         return previous

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
-
-from qdrant_client import QdrantClient, models
 
 from ai_assets.lib.evaluation.coverage import closest_indexed, describe, indexed_doc_ids, unindexed_judgements
 from ai_assets.lib.evaluation.eval_set import EvalQuestion
+from ai_assets.lib.vector_store.edge import EdgeStore
 
 
 def question(qid: str, *docs: str, grades: dict[str, float] | None = None) -> EvalQuestion:
@@ -48,14 +48,9 @@ def test_description_names_question_doc_and_guess_and_caps_the_lines() -> None:
 
 
 def test_indexed_doc_ids_pages_through_a_real_collection(tmp_path: Path) -> None:
-    client = QdrantClient(path=str(tmp_path / "qdrant"))
-    try:
-        client.create_collection("c", vectors_config=models.VectorParams(size=2, distance=models.Distance.COSINE))
-        client.upsert(
-            "c",
-            [models.PointStruct(id=i, vector=[1.0, float(i)], payload={"doc_id": f"doc-{i % 7}"}) for i in range(50)]
-            + [models.PointStruct(id=99, vector=[1.0, 0.0], payload={})],
-        )
-        assert indexed_doc_ids(client, "c", page_size=8) == {f"doc-{i}" for i in range(7)}
-    finally:
-        client.close()
+    with EdgeStore(tmp_path / "qdrant") as store:
+        store.create_collection("c", 2)
+        ids = [str(uuid.UUID(int=i + 1)) for i in range(51)]
+        payloads = [{"doc_id": f"doc-{i % 7}"} for i in range(50)] + [{}]
+        store.upsert("c", ids, [[1.0, float(i)] for i in range(51)], payloads)
+        assert indexed_doc_ids(store, "c", page_size=8) == {f"doc-{i}" for i in range(7)}

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from qdrant_client import models
 
 from ai_assets.lib.evaluation.eval_set import GOLDEN_SETS_DIR
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.sources import DocumentSourcesResource, sample_corpus_path
 from ai_assets_tests.domains import domain_defs
-from ai_assets_tests.ingestion.harness import ingest, qdrant_client, table_rows
+from ai_assets_tests.ingestion.harness import ingest, open_store, table_rows
 from ai_assets_tests.resources import qdrant_on_data_folder, settings_resources
 
 pytestmark = pytest.mark.slow
@@ -108,19 +107,12 @@ def test_quality_metrics_offline_then_a_regression_is_caught(
     assert checks == {"metrics_meet_thresholds": True, "no_regression": True}
 
     # Remove most of the knowledge base behind the alias: retrieval collapses, the gates must say so.
-    client = qdrant_client(data_dir)
-    try:
+    with open_store(data_dir) as store:
         keep = "sample_corpus/concepts/rag-chunking-strategies.md"
-        client.delete(
-            "knowledge-base",
-            points_selector=models.FilterSelector(
-                filter=models.Filter(
-                    must_not=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=keep))]
-                )
-            ),
-        )
-    finally:
-        client.close()
+        collection = store.alias_target("knowledge-base")
+        assert collection is not None
+        doomed = [pid for pid, payload in store.iter_points(collection, ["doc_id"]) if payload["doc_id"] != keep]
+        store.delete(collection, doomed)
     second = evaluate(defs, instance, answered=0)
     assert not second.success  # blocking checks failed
     checks = {e.check_name: e for e in second.get_asset_check_evaluations()}

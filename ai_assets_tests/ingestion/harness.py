@@ -1,4 +1,9 @@
-"""Runs the real ingestion job against a chosen corpus and inspects the real Qdrant folder."""
+"""Runs the real ingestion job against a chosen corpus and inspects the real vector store.
+
+`STORE_KIND` picks the store implementation the job runs on: "edge" (the embedded default) or
+"qdrant-client" (the server implementation, `QdrantClientStore`, over qdrant-client's in-process local
+mode, since no Qdrant server can run here). The `store_kind` fixture runs a test on both.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,32 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from qdrant_client import QdrantClient
 
 from ai_assets.defs.ingestion import checks
 from ai_assets.defs.ingestion.automation import rag_ingestion
 from ai_assets.lib.ingestion.audit import IndexAudit, audit_collection, expected_chunk_ids
 from ai_assets.lib.ingestion.chunking import ChunkingSettings
 from ai_assets.lib.ingestion.sources import parse_source_specs
+from ai_assets.lib.vector_store import VectorStore
+from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
 from ai_assets_tests.domains import domain_defs
-from ai_assets_tests.resources import qdrant_on_data_folder, settings_resources
+from ai_assets_tests.resources import QdrantClientStoreResource, qdrant_on_data_folder, settings_resources
 
 # The ingestion domain as the code location autoloads it, without its resources.
 ingestion_defs = domain_defs("ingestion")
+
+STORE_KINDS = ("edge", "qdrant-client")
+STORE_KIND = "edge"
+
+
+def qdrant_resource(**fields: Any) -> dg.ConfigurableResource:
+    if STORE_KIND == "qdrant-client":
+        return QdrantClientStoreResource(data_folder=settings_resources()["data_folder"], **fields)
+    return qdrant_on_data_folder(**fields)
+
 
 index_checks_only = dg.define_asset_job("index_checks_only", selection=dg.AssetSelection.checks(checks.index_checks))
 
@@ -31,7 +48,7 @@ def definitions(sources: str, embedding_model: EmbeddingModelResource, **source_
         jobs=[rag_ingestion, index_checks_only],
         resources={
             **settings_resources(),
-            "qdrant": qdrant_on_data_folder(lock_timeout_s=30),
+            "qdrant": qdrant_resource(lock_timeout_s=30),
             "embedding_model": embedding_model,
             "document_sources": DocumentSourcesResource(sources=sources, **source_kw),
         },
@@ -74,8 +91,10 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def qdrant_client(data_dir: Path) -> QdrantClient:
-    return QdrantClient(path=str(data_dir / "qdrant"))
+def open_store(data_dir: Path) -> VectorStore:
+    """The store the job wrote, opened the way the job opens it (close it before the next run)."""
+    kind = QdrantClientStoreResource if STORE_KIND == "qdrant-client" else QdrantResource
+    return kind(data_folder=DataFolderResource(path=str(data_dir)), lock_timeout_s=30).get_store()
 
 
 def audit(
@@ -91,19 +110,13 @@ def audit(
         ChunkingSettings(chunk_size, chunk_overlap),
         data_dir / "cache" / "http",
     )
-    client = qdrant_client(data_dir)
-    try:
-        return audit_collection(client, "knowledge-base", expected)
-    finally:
-        client.close()
+    with open_store(data_dir) as store:
+        return audit_collection(store, "knowledge-base", expected)
 
 
 def alias_target(data_dir: Path) -> str | None:
-    client = qdrant_client(data_dir)
-    try:
-        return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}.get("knowledge-base")
-    finally:
-        client.close()
+    with open_store(data_dir) as store:
+        return store.alias_target("knowledge-base")
 
 
 def table_rows(value: dg.TableMetadataValue) -> list[dict[str, Any]]:

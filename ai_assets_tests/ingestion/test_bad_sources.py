@@ -6,7 +6,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from qdrant_client import models
 
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
@@ -15,26 +14,20 @@ from ai_assets_tests.ingestion.harness import (
     check_results,
     ingest,
     materialization,
-    qdrant_client,
+    open_store,
     table_rows,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store_kind")]
 
 
 def points_of(data_dir: Path, doc_id: str) -> set[str]:
-    client = qdrant_client(data_dir)
-    try:
-        points, _ = client.scroll(
-            "knowledge-base",
-            limit=1000,
-            scroll_filter=models.Filter(
-                must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
-            ),
-        )
-        return {str(p.id) for p in points}
-    finally:
-        client.close()
+    with open_store(data_dir) as store:
+        return {
+            point_id
+            for point_id, payload in store.iter_points("knowledge-base", ["doc_id"])
+            if payload["doc_id"] == doc_id
+        }
 
 
 def problems_of(raw: dict) -> str:

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from qdrant_client import models
 
 from ai_assets.defs.ingestion.assets import CHUNK_SCHEMA
 from ai_assets.defs.ingestion.checks import chunk_ids_unique, chunks_not_empty
 from ai_assets.lib.tables import TableWriter
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
-from ai_assets_tests.ingestion.harness import alias_target, ingest, qdrant_client, run_index_checks
+from ai_assets_tests.ingestion.harness import alias_target, ingest, open_store, run_index_checks
 
 
 def chunk_row(chunk_id: str, text: str, tokens: int) -> dict:
@@ -55,6 +54,7 @@ def test_chunk_checks_pass_and_fail(tmp_path: Path, embedding_model: EmbeddingMo
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("store_kind")
 def test_index_checks_fail_on_a_damaged_index(
     tmp_path: Path, data_dir: Path, instance: dg.DagsterInstance, embedding_model: EmbeddingModelResource
 ) -> None:
@@ -71,17 +71,12 @@ def test_index_checks_fail_on_a_damaged_index(
     assert healthy["smoke_retrieval"].metadata["verified_this_run"].value is False
 
     collection = alias_target(data_dir)
-    client = qdrant_client(data_dir)
-    try:
+    with open_store(data_dir) as store:
         stray = str(uuid.uuid4())
-        client.upsert(
-            collection, [models.PointStruct(id=stray, vector=[0.1] * 384, payload={"doc_id": "x", "source": "docs"})]
-        )
+        store.upsert(collection, [stray], [[0.1] * 384], [{"doc_id": "x", "source": "docs"}])
         probe = healthy["smoke_retrieval"].metadata["probe_chunk_id"].value
         # The probe's vector replaced by an unrelated one: it must no longer be found first.
-        client.upsert(collection, [models.PointStruct(id=probe, vector=[1.0] + [0.0] * 383, payload={})])
-    finally:
-        client.close()
+        store.upsert(collection, [probe], [[1.0] + [0.0] * 383], [{}])
 
     damaged = run_index_checks(sources, instance, embedding_model)
     assert damaged["point_count_matches_chunks"].passed is False

@@ -1,4 +1,4 @@
-"""The ingestion job end to end: real Dagster instance, real embedded Qdrant, real model."""
+"""The ingestion job end to end: real Dagster instance, real vector store (both implementations), real model."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from ai_assets_tests.ingestion.harness import (
     check_results,
     ingest,
     materialization,
-    qdrant_client,
+    open_store,
     table_rows,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store_kind")]
 
 
 def test_incremental_add_change_remove(
@@ -124,9 +124,6 @@ def test_alias_serves_the_complete_collection(
     assert emb["alias_swapped"] is True and emb["collection"] != first
     assert alias_target(data_dir) == emb["collection"]
     assert emb["collections_dropped"] == first
-    client = qdrant_client(data_dir)
-    try:
-        assert [c.name for c in client.get_collections().collections] == [emb["collection"]]
-    finally:
-        client.close()
+    with open_store(data_dir) as store:
+        assert store.collections() == [emb["collection"]]
     assert audit(data_dir, sources, embedding_model, chunk_size=64, chunk_overlap=8).exact

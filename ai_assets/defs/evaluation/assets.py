@@ -148,16 +148,16 @@ def rag_quality_metrics(
 
     started = time.perf_counter()
     questions = rag_eval_set
-    client = qdrant.get_client(context.log)
+    store = qdrant.get_store(context.log)
     vectors = embedding_model.encode([q.question for q in questions])
-    ranked = search_documents(client, qdrant.alias, vectors, top_documents=100)
+    ranked = search_documents(store, qdrant.alias, vectors, top_documents=100)
     rankings = {q.id: [doc for doc, _ in docs] for q, docs in zip(questions, ranked, strict=True)}
     qrels = {q.id: q.relevant for q in questions if q.relevant}
     retrieval = retrieval_report(rankings, qrels)
     per_question = per_query_retrieval(rankings, qrels)
     retrieval_s = time.perf_counter() - started
     context.log.info(f"retrieval over {len(questions)} questions in {retrieval_s:.1f} s: {retrieval}")
-    indexed = indexed_doc_ids(client, qdrant.alias)
+    indexed = indexed_doc_ids(store, qdrant.alias)
     unindexed = unindexed_judgements(questions, indexed)
     for line in describe(unindexed, indexed):
         context.log.warning(line)
@@ -166,8 +166,8 @@ def rag_quality_metrics(
         evaluation.max_answered_questions if config.max_answered_questions is None else config.max_answered_questions
     )
     answered = questions[: max(max_answered, 0)]
-    contexts = search_chunks(client, qdrant.alias, vectors[: len(answered)], config.top_k_contexts) if answered else []
-    # Every read of the index is done: release the embedded Qdrant folder before minutes of LLM calls,
+    contexts = search_chunks(store, qdrant.alias, vectors[: len(answered)], config.top_k_contexts) if answered else []
+    # Every read of the index is done: release the embedded store's folder before minutes of LLM calls,
     # so ingestion runs waiting on its lock can go ahead.
     qdrant.close()
 

@@ -7,11 +7,12 @@ from dataclasses import asdict
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ai_assets.lib.ingestion.chunking import CHUNKER_VERSION, ChunkingSettings, chunk_id, chunk_texts
 from ai_assets.lib.ingestion.sources import SourceProblem, read_source
 from ai_assets.lib.ingestion.vector_index import (
-    DesiredChunk,
+    DESIRED_COLUMNS,
     apply_sync,
     collection_fingerprint,
     collection_name,
@@ -194,30 +195,29 @@ def document_chunks(
     settings.validate(embedding_model.max_content_tokens)
     fingerprint = f"{settings.fingerprint()}:{embedding_model.name}"
 
-    current = dict(
-        zip(
-            *(c.to_pylist() for c in raw_documents.read_columns(["doc_id", "content_hash"]).columns),
-            strict=True,
-        )
-    )
+    # (document id, content hash) of every current document, as one Arrow column of keys: unchanged
+    # documents are found by a vectorised lookup, not a Python object per chunk.
+    current = raw_documents.read_columns(["doc_id", "content_hash"])
+    current_keys = pc.binary_join_element_wise(current["doc_id"], current["content_hash"], "\x00").combine_chunks()
     writer = TableWriter(staging_path(data_folder, context, "document_chunks"), CHUNK_SCHEMA)
-    reused_docs: set[str] = set()
+    reused: list[pa.Array] = []
     previous = latest_table(context.asset_key, data_folder.tables_dir)
     try:
         if previous is not None and previous.attrs.get("fingerprint") == fingerprint:
-            for batch in previous.iter_batches():
-                rows = batch.to_pylist()
-                for row in rows:
-                    if current.get(row["doc_id"]) == row["doc_hash"]:
-                        writer.write(row)
-                        reused_docs.add(row["doc_id"])
-        to_chunk = len(current) - len(reused_docs)
+            for batch in previous.iter_batches(batch_size=16_384):
+                keys = pc.binary_join_element_wise(batch.column("doc_id"), batch.column("doc_hash"), "\x00")
+                kept = batch.filter(pc.is_in(keys, value_set=current_keys))
+                writer.write_batch(kept)
+                reused.append(kept.column("doc_id"))
+        reused_docs = pc.unique(pa.concat_arrays(reused)) if reused else pa.array([], pa.string())
+        to_chunk = current.num_rows - len(reused_docs)
         progress = Progress("chunking", to_chunk, context.log.info, unit="documents")
         tokenizer = embedding_model.tokenizer() if to_chunk else None
-        for batch in raw_documents.iter_batches(batch_size=512):
-            docs = [d for d in batch.to_pylist() if d["doc_id"] not in reused_docs]
-            if not docs:
+        for batch in raw_documents.iter_batches(batch_size=512) if to_chunk else ():
+            fresh = batch.filter(pc.invert(pc.is_in(batch.column("doc_id"), value_set=reused_docs)))
+            if not fresh.num_rows:
                 continue
+            docs = fresh.to_pylist()
             for doc, chunks in zip(docs, chunk_texts([d["text"] for d in docs], tokenizer, settings), strict=True):
                 for chunk in chunks:
                     writer.write(
@@ -240,25 +240,24 @@ def document_chunks(
         raise
     attrs = {"fingerprint": fingerprint, "chunking_fingerprint": settings.fingerprint(), **raw_documents.attrs}
     table = writer.close(attrs=attrs)
-    tokens = table.read_columns(["token_count"]).column("token_count").to_pylist()
+    tokens = table.read_columns(["token_count"]).column("token_count")
+    total_tokens = pc.sum(tokens).as_py() or 0
     return dg.Output(
         table,
         metadata={
-            "documents": len(current),
-            "documents_rechunked": len(current) - len(reused_docs),
+            "documents": current.num_rows,
+            "documents_rechunked": to_chunk,
             "documents_reused": len(reused_docs),
             "chunks": table.num_rows,
-            "tokens": sum(tokens),
-            "mean_tokens_per_chunk": round(sum(tokens) / len(tokens), 1) if tokens else 0.0,
-            "max_tokens_per_chunk": max(tokens, default=0),
+            "tokens": total_tokens,
+            "mean_tokens_per_chunk": round(total_tokens / len(tokens), 1) if len(tokens) else 0.0,
+            "max_tokens_per_chunk": pc.max(tokens).as_py() or 0,
             "chunk_size": settings.chunk_size,
             "chunk_overlap": settings.chunk_overlap,
             "model_max_content_tokens": embedding_model.max_content_tokens,
             "duration_s": round(time.perf_counter() - started, 3),
         },
-        data_version=dg.DataVersion(
-            index_data_version(table.read_columns(["chunk_id"]).column("chunk_id").to_pylist())
-        ),
+        data_version=dg.DataVersion(index_data_version(table.read_columns(["chunk_id"]).column("chunk_id"))),
     )
 
 
@@ -268,7 +267,7 @@ class EmbeddingsConfig(dg.Config):
     # length so padding stays low.
     encode_window: int = 2048
     # After an alias swap, keep the collection it replaced (for instant rollback) instead of dropping
-    # it. Embedded Qdrant loads every collection in its folder at open, so the default drops it.
+    # it. A collection costs its full size on disk, so the default drops it.
     keep_previous_collection: bool = False
 
 
@@ -296,7 +295,7 @@ def document_embeddings(
     started = time.perf_counter()
     fingerprint = collection_fingerprint(embedding_model.identity, document_chunks.attrs["chunking_fingerprint"])
     target = collection_name(qdrant.alias, fingerprint)
-    client = qdrant.get_client(context.log)
+    store = qdrant.get_store(context.log)
     serving = qdrant.alias_target()
     qdrant.ensure_collection(target, embedding_model.dimension)
     if serving != target:
@@ -304,12 +303,10 @@ def document_embeddings(
             f"Building collection {target}; alias '{qdrant.alias}' stays on {serving} until it is complete"
         )
 
-    existing = scan_points(client, target)
-    columns = document_chunks.read_columns(["chunk_id", "doc_id", "chunk_hash"]).columns
-    desired = {cid: DesiredChunk(doc, h) for cid, doc, h in zip(*(c.to_pylist() for c in columns), strict=True)}
+    desired = document_chunks.read_columns(DESIRED_COLUMNS)
     plan = plan_sync(
         desired,
-        existing,
+        scan_points(store, target, desired),
         document_chunks.attrs.get("unavailable_sources", []),
         document_chunks.attrs.get("unreadable_doc_ids", []),
     )
@@ -318,23 +315,31 @@ def document_embeddings(
         f"{plan.unchanged_chunks} unchanged, {plan.preserved} kept from unreadable sources"
     )
     stats = apply_sync(
-        client,
+        store,
         target,
         plan,
         document_chunks,
-        existing,
         embedding_model.encode,
         context.log.info,
         upsert_batch=config.upsert_batch_size,
         window=config.encode_window,
     )
+    optimize_s = 0.0
+    if stats.upserted or stats.deleted or serving != target:
+        # Segments merged and, past a size where it pays, the HNSW graph built: before the alias moves,
+        # so the first search on a new collection is already fast.
+        optimize_started = time.perf_counter()
+        store.optimize(target)
+        optimize_s = time.perf_counter() - optimize_started
+        if optimize_s > 1:
+            context.log.info(f"{target}: indexes brought up to date in {optimize_s:.1f} s")
     dropped: list[str] = []
     if serving != target:
         qdrant.point_alias_at(target)
         context.log.info(f"Alias '{qdrant.alias}' now points at {target} (was {serving})")
         dropped = _drop_superseded(qdrant, target, serving, config.keep_previous_collection)
 
-    points = client.count(target, exact=True).count
+    points = store.count(target)
     return dg.MaterializeResult(
         metadata={
             "documents_added": plan.documents_added,
@@ -352,11 +357,12 @@ def document_embeddings(
             "alias": qdrant.alias,
             "alias_swapped": serving != target,
             "collections_dropped": ", ".join(dropped) or "none",
-            "qdrant": qdrant.location if qdrant.is_local else "server",
+            "vector_store": f"Qdrant Edge (embedded) in {qdrant.location}" if qdrant.is_local else "Qdrant server",
             "model": embedding_model.name,
             "dimension": embedding_model.dimension,
             "encode_s": round(stats.encode_s, 3),
             "write_s": round(stats.write_s, 3),
+            "index_optimize_s": round(optimize_s, 3),
             "embedding_throughput_chunks_per_s": round(stats.embedded / stats.encode_s, 1) if stats.encode_s else 0.0,
             "duration_s": round(time.perf_counter() - started, 3),
         },
@@ -366,11 +372,10 @@ def document_embeddings(
 
 def _drop_superseded(qdrant: QdrantResource, target: str, previous: str | None, keep_previous: bool) -> list[str]:
     """Delete this alias's older collections, except the one just replaced when `keep_previous`."""
-    client = qdrant.get_client()
-    names = [c.name for c in client.get_collections().collections]
-    ours = [n for n in names if n.startswith(f"{qdrant.alias}-") and n != target]
+    store = qdrant.get_store()
+    ours = [n for n in store.collections() if n.startswith(f"{qdrant.alias}-") and n != target]
     kept = {previous} if keep_previous and previous else set()
     dropped = [n for n in ours if n not in kept]
     for name in dropped:
-        client.delete_collection(name)
+        store.drop_collection(name)
     return dropped

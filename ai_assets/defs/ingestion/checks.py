@@ -2,10 +2,11 @@
 
 import hashlib
 import json
-from collections import Counter
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ai_assets.defs.ingestion.assets import document_chunks, document_embeddings
 from ai_assets.lib.ingestion.vector_index import (
@@ -15,6 +16,7 @@ from ai_assets.lib.ingestion.vector_index import (
     scan_points,
 )
 from ai_assets.lib.tables import ParquetTable
+from ai_assets.lib.vector_store import VectorStore
 from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets.resources.qdrant import QdrantResource
@@ -24,14 +26,15 @@ from ai_assets.resources.qdrant import QdrantResource
 def chunk_ids_unique(document_chunks: ParquetTable) -> dg.AssetCheckResult:
     """Every chunk id appears once. A duplicate would make two chunks overwrite one point in Qdrant,
     so a failure blocks the index from being updated."""
-    counts = Counter(document_chunks.read_columns(["chunk_id"]).column("chunk_id").to_pylist())
-    duplicates = {cid: n for cid, n in counts.items() if n > 1}
+    ids = document_chunks.read_columns(["chunk_id"])
+    counts = ids.group_by("chunk_id").aggregate([("chunk_id", "count")])
+    duplicates = counts.filter(pc.greater(counts["chunk_id_count"], 1))["chunk_id"].to_pylist()
     return dg.AssetCheckResult(
         passed=not duplicates,
         metadata={
             "chunks": document_chunks.num_rows,
             "duplicate_ids": len(duplicates),
-            "examples": ", ".join(list(duplicates)[:5]) or "none",
+            "examples": ", ".join(sorted(duplicates)[:5]) or "none",
         },
     )
 
@@ -102,14 +105,14 @@ def index_checks(
     data_folder: DataFolderResource,
     document_chunks: ParquetTable,
 ):
-    """Checks that read the Qdrant index. They run in one step because embedded Qdrant serves one
+    """Checks that read the vector index. They run in one step because the embedded store serves one
     process at a time."""
-    client = qdrant.get_client(context.log)
+    store = qdrant.get_store(context.log)
     collection = collection_name(
         qdrant.alias,
         collection_fingerprint(embedding_model.identity, document_chunks.attrs["chunking_fingerprint"]),
     )
-    if not client.collection_exists(collection):
+    if not store.collection_exists(collection):
         for spec in INDEX_CHECKS:
             if spec.key in context.selected_asset_check_keys:
                 yield dg.AssetCheckResult(
@@ -119,42 +122,41 @@ def index_checks(
                 )
         return
     selected = {key.name for key in context.selected_asset_check_keys}
-    columns = document_chunks.read_columns(["chunk_id", "chunk_hash"]).columns
-    chunk_ids, chunk_hashes = (c.to_pylist() for c in columns)
-
     if "point_count_matches_chunks" in selected:
-        yield _point_count(client, collection, set(chunk_ids), document_chunks)
+        yield _point_count(store, collection, document_chunks)
     if "vector_dimension_matches_model" in selected:
-        size = client.get_collection(collection).config.params.vectors.size  # type: ignore[union-attr]
+        size = store.dimension(collection)
         yield dg.AssetCheckResult(
             check_name="vector_dimension_matches_model",
             passed=size == embedding_model.dimension,
             metadata={"collection_dimension": size, "model_dimension": embedding_model.dimension},
         )
     if "smoke_retrieval" in selected:
-        yield _smoke_retrieval(
-            qdrant, embedding_model, data_folder, collection, document_chunks, chunk_ids, chunk_hashes
-        )
+        yield _smoke_retrieval(qdrant, embedding_model, data_folder, collection, document_chunks)
 
 
-def _point_count(client, collection: str, chunk_ids: set[str], chunks: ParquetTable) -> dg.AssetCheckResult:
-    points = scan_points(client, collection)
-    unavailable = set(chunks.attrs.get("unavailable_sources", []))
-    unreadable = set(chunks.attrs.get("unreadable_doc_ids", []))
-    preserved = {
-        pid for pid, p in points.items() if pid not in chunk_ids and (p.source in unavailable or p.doc_id in unreadable)
-    }
-    missing = chunk_ids - points.keys()
-    stale = points.keys() - chunk_ids - preserved
+def _point_count(store: VectorStore, collection: str, chunks: ParquetTable) -> dg.AssetCheckResult:
+    current = chunks.read_columns(["chunk_id", "doc_id", "chunk_hash"])
+    points = scan_points(store, collection, current)
+    chunk_ids = current.column("chunk_id")
+    indexed = pc.is_in(points["id"], value_set=chunk_ids.combine_chunks())
+    kept = pc.or_(
+        pc.is_in(points["source"], value_set=pa.array(chunks.attrs.get("unavailable_sources", []), pa.string())),
+        pc.is_in(points["doc_id"], value_set=pa.array(chunks.attrs.get("unreadable_doc_ids", []), pa.string())),
+    )
+    not_chunks = pc.invert(indexed)
+    preserved = pc.sum(pc.and_(not_chunks, kept)).as_py() or 0
+    stale = pc.sum(pc.and_(not_chunks, pc.invert(kept))).as_py() or 0
+    missing = pc.sum(pc.invert(pc.is_in(chunk_ids, value_set=points["id"].combine_chunks()))).as_py() or 0
     return dg.AssetCheckResult(
         check_name="point_count_matches_chunks",
         passed=not missing and not stale,
         metadata={
-            "point_count": len(points),
+            "point_count": points.num_rows,
             "chunk_count": len(chunk_ids),
-            "points_preserved": len(preserved),
-            "missing_points": len(missing),
-            "stale_points": len(stale),
+            "points_preserved": preserved,
+            "missing_points": missing,
+            "stale_points": stale,
         },
     )
 
@@ -165,17 +167,19 @@ def _smoke_retrieval(
     data_folder: DataFolderResource,
     collection: str,
     chunks: ParquetTable,
-    chunk_ids: list[str],
-    chunk_hashes: list[str],
 ) -> dg.AssetCheckResult:
-    hash_counts = Counter(chunk_hashes)
-    candidates = sorted(cid for cid, h in zip(chunk_ids, chunk_hashes, strict=True) if hash_counts[h] == 1)
-    if not candidates:
+    columns = chunks.read_columns(["chunk_id", "chunk_hash"])
+    # A chunk whose text no other chunk has: its own vector must come back first.
+    hash_counts = columns.group_by("chunk_hash").aggregate([("chunk_hash", "count")])
+    unique_hashes = hash_counts.filter(pc.equal(hash_counts["chunk_hash_count"], 1))["chunk_hash"]
+    candidates = columns.filter(pc.is_in(columns["chunk_hash"], value_set=unique_hashes.combine_chunks()))["chunk_id"]
+    if not len(candidates):
         return dg.AssetCheckResult(
             check_name="smoke_retrieval", passed=False, metadata={"problem": "no chunk with unique text to probe"}
         )
-    probe = candidates[0]
-    stored = qdrant.get_client().retrieve(collection, ids=[probe], with_vectors=True, with_payload=False)
+    probe = pc.min(candidates).as_py()
+    store = qdrant.get_store()
+    stored = store.retrieve(collection, [probe], with_vectors=True)
     # Rounded: the embedded store re-normalises vectors when it reloads them, changing the last bits.
     stored_vector = (
         hashlib.sha256(np.round(np.asarray(stored[0].vector, dtype=np.float32), 4).tobytes()).hexdigest()
@@ -186,7 +190,7 @@ def _smoke_retrieval(
     # when none changed since a passing probe, the torch import and model load (seconds) buy nothing.
     key = {
         "collection": collection,
-        "index_version": index_data_version(chunk_ids),
+        "index_version": index_data_version(columns["chunk_id"]),
         "model": embedding_model.identity,
         "probe": probe,
         "stored_vector": stored_vector,
@@ -202,7 +206,7 @@ def _smoke_retrieval(
             )
     text = next(r["text"] for r in chunks.iter_rows(columns=["chunk_id", "text"]) if r["chunk_id"] == probe)
     vector = embedding_model.encode([text])[0].tolist()
-    hits = qdrant.get_client().query_points(qdrant.alias, query=vector, limit=3).points
+    hits = store.search(qdrant.alias, [vector], limit=3)[0]
     top = str(hits[0].id) if hits else None
     metadata = {
         "probe_chunk_id": probe,

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ai_assets.lib.evaluation.eval_set import EvalQuestion
-from ai_assets.lib.ingestion.vector_index import scroll_payloads
 
 if TYPE_CHECKING:
-    from qdrant_client import QdrantClient
+    from ai_assets.lib.vector_store import VectorStore
 
 
 @dataclass(frozen=True)
@@ -27,11 +26,9 @@ class UnindexedJudgement:
     relevant: int  # how many relevant documents the question has in all
 
 
-def indexed_doc_ids(client: QdrantClient, collection: str, page_size: int = 4096) -> set[str]:
+def indexed_doc_ids(store: VectorStore, collection: str, page_size: int = 4096) -> set[str]:
     """Every `doc_id` with at least one point in `collection` (an alias works too)."""
-    found = {
-        str(payload.get("doc_id", "")) for _, payload in scroll_payloads(client, collection, ["doc_id"], page_size)
-    }
+    found = {str(payload.get("doc_id", "")) for _, payload in store.iter_points(collection, ["doc_id"], page_size)}
     found.discard("")
     return found
 

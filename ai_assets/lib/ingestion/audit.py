@@ -15,6 +15,7 @@ import tokenizers
 
 from ai_assets.lib.ingestion.chunking import ChunkingSettings, chunk_id, chunk_texts
 from ai_assets.lib.ingestion.sources import Document, HttpSettings, SourceSpec, read_source
+from ai_assets.lib.vector_store import VectorStore
 
 
 def expected_chunk_ids(
@@ -48,19 +49,13 @@ class IndexAudit:
         return self.stale_points == self.missing_points == self.duplicate_points == 0
 
 
-def audit_collection(client, collection_or_alias: str, expected: set[str]) -> IndexAudit:
+def audit_collection(store: VectorStore, collection_or_alias: str, expected: set[str]) -> IndexAudit:
     """Compare every point of the collection with the expected chunk ids."""
-    ids, positions = set(), Counter()
-    offset = None
-    while True:
-        points, offset = client.scroll(
-            collection_or_alias, limit=4096, offset=offset, with_payload=["doc_id", "chunk_index"]
-        )
-        for p in points:
-            ids.add(str(p.id))
-            positions[(p.payload["doc_id"], p.payload["chunk_index"])] += 1
-        if offset is None:
-            break
+    ids: set[str] = set()
+    positions: Counter = Counter()
+    for point_id, payload in store.iter_points(collection_or_alias, ["doc_id", "chunk_index"]):
+        ids.add(point_id)
+        positions[(payload["doc_id"], payload["chunk_index"])] += 1
     return IndexAudit(
         points=len(ids),
         expected=len(expected),
