@@ -51,6 +51,10 @@ def test_chunk_checks_pass_and_fail(tmp_path: Path, embedding_model: EmbeddingMo
     assert not result.passed
     assert result.metadata["empty_chunks"].value == 1
     assert result.metadata["chunks_over_model_limit"].value == 1
+    assert result.metadata["examples"].value == "docs/a.md (empty), docs/a.md (300 tokens)"
+    # Unicode whitespace is empty too, whatever the token count says.
+    blank = table(tmp_path, [chunk_row("c", "\u2003\u3000\n", 1)])
+    assert chunks_not_empty(document_chunks=blank, embedding_model=embedding_model).metadata["empty_chunks"].value == 1
 
 
 @pytest.mark.slow

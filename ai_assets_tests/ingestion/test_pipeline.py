@@ -57,7 +57,9 @@ def test_incremental_add_change_remove(
     emb = materialization(noop, "document_embeddings")
     assert (emb["chunks_embedded"], emb["chunks_reused"], emb["chunks_deleted"]) == (0, 0, 0)
     assert emb["documents_unchanged"] == 12 and emb["point_count"] == points_before
-    assert materialization(noop, "document_chunks")["documents_reused"] == 12
+    chunks_noop = materialization(noop, "document_chunks")
+    assert chunks_noop["documents_reused"] == 12 and chunks_noop["documents_rechunked"] == 0
+    assert chunks_noop["chunks"] == materialization(first, "document_chunks")["chunks"]  # the table, copied
 
     # Change one document (a new last paragraph), delete one, add one.
     docs[3].write_text(docs[3].read_text() + "\nA paragraph added by the test about zebrafish fins.\n")
