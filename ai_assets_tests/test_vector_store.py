@@ -165,6 +165,15 @@ def test_corrupt_files_are_named_and_kept(tmp_path: Path) -> None:
     assert config.read_text() == "not json"
 
 
+def test_a_first_open_cut_short_is_not_mistaken_for_a_foreign_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    (folder / ".aliases.json.4242.tmp").write_text('{"alia')  # killed inside the very first write
+    with EdgeStore(folder) as store:
+        assert store.collections() == [] and store.alias_target("kb") is None
+    assert not (folder / ".aliases.json.4242.tmp").exists()
+
+
 def test_leftovers_of_an_interrupted_create_or_drop_are_cleared(tmp_path: Path) -> None:
     folder = tmp_path / "store"
     with EdgeStore(folder) as store:

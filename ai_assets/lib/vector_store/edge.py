@@ -80,6 +80,10 @@ def write_atomically(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _is_temp_file(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -217,15 +221,16 @@ class EdgeStore(VectorStore):
             self._write_marker(migrated=True)
             set_local_mode_aside(self.root, self._log)
             return
-        unknown = sorted(
-            p.name for p in self.root.iterdir() if p.name not in (LOCK_FILE, COLLECTIONS_DIR, ALIASES_FILE)
-        )
+        # Ours too: what a first open cut short leaves (a `write_atomically` temp file included).
+        ours = (LOCK_FILE, COLLECTIONS_DIR, ALIASES_FILE)
+        unknown = sorted(p.name for p in self.root.iterdir() if p.name not in ours and not _is_temp_file(p.name))
         if unknown:
             raise StoreFormatError(
                 f"QDRANT_PATH={self.root} is not empty and is not a vector store of ai_assets "
                 f"(it holds {', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}). Point QDRANT_PATH at an "
                 "empty folder or at an existing store. Nothing was changed."
             )
+        self._remove_leftovers()
         self._initialise()
         self._write_marker(migrated=False)
 
@@ -246,8 +251,9 @@ class EdgeStore(VectorStore):
         write_atomically(self.root / STORE_FILE, json.dumps(info, indent=2))
 
     def _remove_leftovers(self) -> None:
-        for partial in self.root.glob(".*.tmp"):  # a write_atomically cut short: never read
-            partial.unlink(missing_ok=True)
+        for partial in self.root.iterdir():
+            if _is_temp_file(partial.name):  # a write_atomically cut short: never read
+                partial.unlink(missing_ok=True)
         collections = self.root / COLLECTIONS_DIR
         collections.mkdir(exist_ok=True)
         for entry in collections.iterdir():
