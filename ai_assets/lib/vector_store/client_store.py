@@ -94,30 +94,33 @@ class QdrantClientStore(VectorStore):
     def count(self, name: str) -> int:
         return int(self.client.count(self._resolve(name), exact=True).count)
 
-    def scroll(
-        self, name: str, fields: Sequence[str], page_size: int = 4096
-    ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    def _pages(self, name: str, page_size: int, with_payload: Any, condition: Any = None) -> Iterator[list[Any]]:
+        """The collection's points a page at a time, without vectors."""
         target, offset = self._resolve(name), None
         while True:
             points, offset = self.client.scroll(
-                target, limit=page_size, offset=offset, with_payload=list(fields) or False, with_vectors=False
+                target,
+                scroll_filter=condition,
+                limit=page_size,
+                offset=offset,
+                with_payload=with_payload,
+                with_vectors=False,
             )
-            yield [(str(p.id), p.payload or {}) for p in points]
+            yield points
             if offset is None:
                 return
+
+    def scroll(
+        self, name: str, fields: Sequence[str], page_size: int = 4096
+    ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        for points in self._pages(name, page_size, list(fields) or False):
+            yield [(str(p.id), p.payload or {}) for p in points]
 
     def ids_where_not_in(self, name: str, field: str, values: Sequence[str], page_size: int = 32_768) -> list[str]:
         from qdrant_client import models
 
         condition = models.Filter(must_not=[models.FieldCondition(key=field, match=models.MatchAny(any=list(values)))])
-        target, offset, found = self._resolve(name), None, []
-        while True:
-            points, offset = self.client.scroll(
-                target, scroll_filter=condition, limit=page_size, offset=offset, with_payload=False, with_vectors=False
-            )
-            found.extend(str(p.id) for p in points)
-            if offset is None:
-                return found
+        return [str(p.id) for points in self._pages(name, page_size, False, condition) for p in points]
 
     def retrieve(self, name, ids, fields=(), with_vectors=True) -> list[StoredPoint]:
         if not ids:

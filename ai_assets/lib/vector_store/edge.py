@@ -205,6 +205,7 @@ class EdgeStore(VectorStore):
                     "Upgrade ai_assets, or set QDRANT_PATH to another folder. Nothing was changed."
                 )
             self._remove_leftovers()
+            self._initialise()
             if has_local_mode_data(self.root):
                 # A migration finished but was killed before setting the old files aside.
                 set_local_mode_aside(self.root, self._log)
@@ -255,12 +256,9 @@ class EdgeStore(VectorStore):
             if _is_temp_file(partial.name):  # a write_atomically cut short: never read
                 partial.unlink(missing_ok=True)
         collections = self.root / COLLECTIONS_DIR
-        collections.mkdir(exist_ok=True)
-        for entry in collections.iterdir():
+        for entry in collections.iterdir() if collections.is_dir() else ():
             if entry.name.startswith("."):  # .creating-* / .dropping-*: a create or drop cut short
                 shutil.rmtree(entry, ignore_errors=True)
-        if not (self.root / ALIASES_FILE).exists():
-            write_atomically(self.root / ALIASES_FILE, json.dumps({"aliases": {}}))
 
     def _aliases(self) -> dict[str, str]:
         if self._alias_cache is None:
@@ -276,7 +274,7 @@ class EdgeStore(VectorStore):
         return {str(k): str(v) for k, v in aliases.items()}
 
     def _collection_dir(self, name: str) -> Path:
-        if not name or name.startswith(".") or "/" in name or "\\" in name or name in (".", ".."):
+        if not name or name.startswith(".") or "/" in name or "\\" in name:
             raise ValueError(f"invalid collection name {name!r}")
         return self.root / COLLECTIONS_DIR / name
 
@@ -385,40 +383,34 @@ class EdgeStore(VectorStore):
         with self._mutex:
             return int(self._shard(name).count(qe.CountRequest(exact=True)))
 
-    def scroll(
-        self, name: str, fields: Sequence[str], page_size: int = 4096
-    ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    def _pages(self, name: str, page_size: int, with_payload: Any, condition: Any = None) -> Iterator[list[Any]]:
+        """The shard's records a page at a time, without vectors; `with_payload` False skips payloads
+        (an empty field list would still decode every one)."""
         import qdrant_edge as qe
 
         offset = None
         while True:
             with self._mutex:
                 records, offset = self._shard(name).scroll(
-                    # An empty field list would still decode every payload: False skips them.
                     qe.ScrollRequest(
-                        offset=offset, limit=page_size, with_payload=list(fields) or False, with_vector=False
+                        offset=offset, limit=page_size, filter=condition, with_payload=with_payload, with_vector=False
                     )
                 )
-            yield [(str(r.id), r.payload or {}) for r in records]
+            yield records
             if offset is None:
                 return
+
+    def scroll(
+        self, name: str, fields: Sequence[str], page_size: int = 4096
+    ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        for records in self._pages(name, page_size, list(fields) or False):
+            yield [(str(r.id), r.payload or {}) for r in records]
 
     def ids_where_not_in(self, name: str, field: str, values: Sequence[str], page_size: int = 32_768) -> list[str]:
         import qdrant_edge as qe
 
         condition = qe.Filter(must_not=[qe.FieldCondition(key=field, match=qe.MatchAny(list(values)))])
-        found: list[str] = []
-        offset = None
-        while True:
-            with self._mutex:
-                records, offset = self._shard(name).scroll(
-                    qe.ScrollRequest(
-                        offset=offset, limit=page_size, filter=condition, with_payload=False, with_vector=False
-                    )
-                )
-            found.extend(str(r.id) for r in records)
-            if offset is None:
-                return found
+        return [str(r.id) for records in self._pages(name, page_size, False, condition) for r in records]
 
     def retrieve(self, name, ids, fields=(), with_vectors=True) -> list[StoredPoint]:
         if not ids:
