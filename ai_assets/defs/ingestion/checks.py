@@ -141,7 +141,7 @@ def index_checks(
 
 def _point_count(store: VectorStore, collection: str, chunks: ParquetTable) -> dg.AssetCheckResult:
     current = chunks.read_columns(["chunk_id", "doc_id", "chunk_hash"])
-    points = scan_points(store, collection, current)
+    points = scan_points(store, collection, current, find_damaged=False)
     chunk_ids = current.column("chunk_id")
     indexed = pc.is_in(points["id"], value_set=chunk_ids.combine_chunks())
     kept = pc.or_(

@@ -77,7 +77,11 @@ def index_data_version(point_ids: Iterable[str] | pa.Array | pa.ChunkedArray) ->
 
 
 def scan_points(
-    store: VectorStore, collection: str, desired: pa.Table | None = None, page_size: int = 32_768
+    store: VectorStore,
+    collection: str,
+    desired: pa.Table | None = None,
+    page_size: int = 32_768,
+    find_damaged: bool = True,
 ) -> pa.Table:
     """Every point id in the collection with the payload fields that sync decisions need.
 
@@ -96,8 +100,11 @@ def scan_points(
     ids = pa.concat_arrays(pages) if pages else pa.array([], pa.string())
     known = desired.select(["chunk_id", "doc_id", "chunk_hash"]).combine_chunks()
     index = pc.index_in(ids, value_set=_array(known["chunk_id"]))
-    hashes = pc.unique(_array(known["chunk_hash"]))
-    suspicious = store.ids_where_not_in(collection, "chunk_hash", hashes.to_pylist()) if len(ids) else []
+    suspicious: list[str] = []
+    # Callers that compare ids only (the point-count check) skip the hash lookup: it cannot change them.
+    if find_damaged and len(ids):
+        hashes = pc.unique(_array(known["chunk_hash"])).to_pylist()
+        suspicious = store.ids_where_not_in(collection, "chunk_hash", hashes)
     unknown = pc.or_(pc.is_null(index), pc.is_in(ids, value_set=pa.array(suspicious, pa.string())))
     doc_ids = pc.fill_null(pc.take(_array(known["doc_id"]), index), "")
     chunk_hashes = pc.fill_null(pc.take(_array(known["chunk_hash"]), index), "")
