@@ -217,6 +217,47 @@ def test_sigkill_during_alias_swaps_leaves_one_whole_target(tmp_path: Path) -> N
         assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_the_sync_stamp_lasts_until_the_next_write(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    stamp = {"index_version": "v1", "points": 10}
+    with EdgeStore(folder) as store:
+        store.create_collection("kb-1", 8)
+        store.set_alias("kb", "kb-1")
+        assert store.sync_stamp("kb-1") is None
+        store.upsert("kb-1", ids(10), unit_vectors(10), [{}] * 10)
+        store.set_sync_stamp("kb", stamp)  # through the alias, as through the name
+        assert store.sync_stamp("kb-1") == stamp
+    with EdgeStore(folder) as store:
+        assert store.sync_stamp("kb") == stamp  # it lasts across opens
+        store.upsert("kb", ids(1, start=10), unit_vectors(1), [{}])
+        assert store.sync_stamp("kb-1") is None
+        store.set_sync_stamp("kb-1", {**stamp, "points": 11})
+        store.delete("kb-1", ids(1))
+        assert store.sync_stamp("kb-1") is None
+        store.set_sync_stamp("kb-1", stamp)
+    # A write in a process killed right after it: the stamp was removed, durably, before the write.
+    writer = (
+        "import sys\nfrom ai_assets.lib.vector_store.edge import EdgeStore\n"
+        "store = EdgeStore(sys.argv[1])\nstore.upsert('kb-1', ['00000000-0000-0000-0000-0000000000ff'], "
+        "[[1.0] * 8], [{}])\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", writer, str(folder)]).returncode == -signal.SIGKILL
+    with EdgeStore(folder, lock_timeout_s=5) as store:
+        assert store.sync_stamp("kb-1") is None and store.count("kb-1") == 11  # the write itself kept
+        store.set_sync_stamp("kb-1", stamp)
+        (folder / "collections" / "kb-1" / edge_module.STAMP_FILE).write_text('{"index_ver')
+        assert store.sync_stamp("kb-1") is None  # torn: no stamp, the caller scans
+
+
+def test_a_server_store_keeps_no_stamp(tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    with QdrantClientStore(QdrantClient(path=str(tmp_path / "local")), str(tmp_path), indexes=False) as store:
+        store.create_collection("kb-1", 8)
+        store.set_sync_stamp("kb-1", {"index_version": "v1", "points": 0})
+        assert store.sync_stamp("kb-1") is None
+
+
 def test_local_mode_store_is_migrated_with_its_vectors(tmp_path: Path) -> None:
     from qdrant_client import QdrantClient, models
 
@@ -270,6 +311,9 @@ def test_the_sync_scan_reads_payloads_only_for_unknown_and_damaged_points(store:
     assert [(r["id"], r["doc_id"], r["chunk_hash"]) for r in fast] == [
         (r["id"], r["doc_id"], r["chunk_hash"]) for r in full
     ]
+    # The lookup behind it, restricted to some points or not.
+    assert sorted(store.ids_where_not_in("c", "chunk_hash", ["h0", "h1"])) == sorted([pids[2], pids[3]])
+    assert store.ids_where_not_in("c", "chunk_hash", ["h0"], among=[pids[0], pids[2]]) == [pids[2]]
     # Read from the store: the point no chunk has, and the damaged one (its hash is no current hash).
     assert [r["source"] for r in fast] == ["", "", "web", "docs"] and [r["source"] for r in full] == [
         "docs",
@@ -277,3 +321,39 @@ def test_the_sync_scan_reads_payloads_only_for_unknown_and_damaged_points(store:
         "web",
         "docs",
     ]
+
+
+def test_comparing_ids_page_by_page_finds_missing_and_unknown_points(store: VectorStore) -> None:
+    import pyarrow as pa
+
+    from ai_assets.lib.ingestion.vector_index import compare_ids
+
+    store.create_collection("c", 8)
+    pids = ids(7)
+    payloads = [{"doc_id": f"d{i}", "source": "docs"} for i in range(6)] + [{"doc_id": "gone", "source": "web"}]
+    store.upsert("c", pids, unit_vectors(7), payloads)
+    chunk_ids = pa.array([*pids[:6], *ids(2, start=100)], pa.string())  # 2 chunks not indexed yet
+    for page_size in (2, 3, 100):  # the unknown point alone on a page, sharing one, all in one
+        compared = compare_ids(store, "c", chunk_ids, page_size=page_size)
+        assert (compared.points, compared.matched, compared.missing) == (7, 6, 2), page_size
+        assert [(p.id, p.payload) for p in compared.unknown] == [(pids[6], {"doc_id": "gone", "source": "web"})]
+    empty = compare_ids(store, "c", pa.array(pids, pa.string()))
+    assert (empty.missing, empty.unknown) == (0, [])
+
+
+def test_a_server_answers_the_hash_lookup_with_a_filter(tmp_path: Path) -> None:
+    """The server path of `ids_where_not_in` (a payload-index filter, restricted by id), run on local
+    mode told it has indexes; the tests' usual local-mode store reads the field instead."""
+    import warnings
+
+    from qdrant_client import QdrantClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # local mode warns that payload indexes have no effect there
+        store = QdrantClientStore(QdrantClient(path=str(tmp_path / "local")), str(tmp_path), indexes=True)
+        store.create_collection("c", 8)
+    with store:
+        pids = ids(4)
+        store.upsert("c", pids, unit_vectors(4), [{"chunk_hash": h} for h in ("h0", "h1", "h2", "")])
+        assert sorted(store.ids_where_not_in("c", "chunk_hash", ["h0", "h1"])) == sorted([pids[2], pids[3]])
+        assert store.ids_where_not_in("c", "chunk_hash", ["h0"], among=[pids[0], pids[2]]) == [pids[2]]

@@ -1,8 +1,8 @@
 """Scale benchmark: the embedded default (Qdrant Edge) at 10k, 30k and 100k documents, and qdrant-client's
 local mode (the previous embedded default) side by side at 10k and 30k. Prints `key: value` lines.
 
-    python bench/scale.py --quick --fake-vectors   # 10k documents, Edge and local mode (~3 min here)
-    python bench/scale.py --quick --fake-vectors --local-sizes ""   # Edge only (~35 s)
+    python bench/scale.py --quick --fake-vectors   # 10k documents, Edge and local mode (~1.5 min here)
+    python bench/scale.py --quick --fake-vectors --local-sizes ""   # Edge only (~25 s)
     python bench/scale.py --fake-vectors           # 10k, 30k, 100k on Edge; local mode at 10k and 30k
     python bench/scale.py --sizes 30000 --local-sizes ""   # any sizes; no local mode
     python bench/scale.py                          # the real model (hours at 100k on 2 cores)
@@ -23,11 +23,13 @@ chunk table (`audit_exact`, plus 200 sampled points' payload and vector), and 30
 (`search_p50_ms`, `search_p95_ms`, `search_mean_ms`). `edge_vs_local_search_speedup_<size>` is local p50 /
 Edge p50; `edge_vs_local_rss_ratio_<size>` is Edge peak RSS / local peak RSS. Local mode commits each
 point in its own sqlite transaction (qdrant-client 1.20): 2-6 ms a point on this disk, most of its
-ingest time. `peak_rss_anon_mb` / `peak_rss_file_mb`: the highest anonymous and
-file-backed (mmapped store segments, reclaimable page cache) parts of RSS sampled during the job (not
-necessarily at the same moment). `ingest_step_peak_rss_mb_<step>` is the highest RSS sampled (every
-50 ms) while that step of the first run ran (steps run one after another, so each includes what the
-earlier ones kept); `noop_step_s_<step>` is the no-op run's time per step.
+ingest time. `peak_rss_anon_mb` / `peak_rss_file_mb`: the highest anonymous and file-backed (mmapped
+store segments, reclaimable page cache) parts of RSS sampled during the job (not necessarily at the same
+moment). `ingest_step_peak_rss_mb_<step>` is the highest RSS sampled (every 50 ms) while that step of the
+first run ran (steps run one after another in one process, as the job runs in production, so each
+includes what the earlier ones kept), `ingest_step_start_rss_mb_<step>` the RSS it started on;
+`noop_step_peak_rss_mb_<step>` and `change_step_peak_rss_mb_<step>` are the same peaks in the later runs,
+and `noop_step_s_<step>` and `change_step_s_<step>` their time per step.
 """
 
 from __future__ import annotations
@@ -321,6 +323,10 @@ class RssSampler:
         inside = [rss for t, rss, _ in self.samples if start <= t <= end + self.every_s]
         return self._mb(max(inside, default=0))
 
+    def at_mb(self, moment: float) -> float:
+        """RSS in the first sample taken at or after `moment`."""
+        return self._mb(next((rss for t, rss, _ in self.samples if t >= moment), 0))
+
     def peaks_mb(self) -> tuple[float, float]:
         """The highest anonymous and the highest file-backed resident memory sampled."""
         anon = max((rss - shared for _, rss, shared in self.samples), default=0)
@@ -384,8 +390,10 @@ def worker(args: argparse.Namespace) -> None:
     log(f"no-op {noop_s:.1f} s")
 
     out["one_percent_change_documents"] = edit_one_percent(location)
-    change_s, meta, _ = run()
+    change_s, meta, steps = run()
     out["one_percent_change_s"] = round(change_s, 3)
+    for step, seconds in sorted(steps.items()):
+        out[f"change_step_s_{_key(step)}"] = round(seconds, 3)
     out["one_percent_change_embedded"] = meta["document_embeddings.chunks_embedded"]
     out["one_percent_change_deleted"] = meta["document_embeddings.chunks_deleted"]
     out["chunks_after_change"] = meta["document_chunks.chunks"]
@@ -396,6 +404,10 @@ def worker(args: argparse.Namespace) -> None:
     # The first run's steps, in order: RSS rarely drops, so a later run's figures would repeat these.
     for step, (start, end) in run.step_windows[0].items():
         out[f"ingest_step_peak_rss_mb_{_key(step)}"] = sampler.peak_mb(start, end)
+        out[f"ingest_step_start_rss_mb_{_key(step)}"] = sampler.at_mb(start)
+    for prefix, windows in (("noop", run.step_windows[1]), ("change", run.step_windows[2])):
+        for step, (start, end) in windows.items():
+            out[f"{prefix}_step_peak_rss_mb_{_key(step)}"] = sampler.peak_mb(start, end)
     log(f"1 % change {change_s:.1f} s, peak rss {out['peak_rss_mb']} MB")
 
     started = time.perf_counter()
@@ -529,7 +541,7 @@ def driver(args: argparse.Namespace) -> None:
             emit(f"chunks_per_document_{suffix}", round(edge["chunks"] / edge["documents"], 2))
             emit(f"baseline_rss_mb_{suffix}", edge["baseline_rss_mb"])
             for key, value in edge.items():
-                if key.startswith(("noop_step_s_", "ingest_step_peak_rss_mb_")):
+                if key.startswith(("noop_step_", "change_step_", "ingest_step_")):
                     emit(f"{key}_{suffix}", value)
             if n in local_sizes:
                 local = run_worker("local", n, size_dir, corpus, args)

@@ -141,7 +141,8 @@ class QdrantResource(dg.ConfigurableResource):
             self._store = None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        # Releases the folder lock as soon as the step ends, not when the process exits.
+        # Releases the folder lock when the resource is torn down (after the step, or after the run
+        # when a run's steps share one process), not when the process exits.
         self.close()
 
     # --- the alias ---------------------------------------------------------------------------------

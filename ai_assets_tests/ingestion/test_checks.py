@@ -6,10 +6,11 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
 from ai_assets.defs.ingestion.assets import CHUNK_SCHEMA
-from ai_assets.defs.ingestion.checks import chunk_ids_unique, chunks_not_empty
+from ai_assets.defs.ingestion.checks import _probe_chunk, chunk_ids_unique, chunks_not_empty
 from ai_assets.lib.tables import TableWriter
 from ai_assets.resources.embeddings import EmbeddingModelResource
 from ai_assets_tests.corpora import scifact_records, write_markdown_corpus
@@ -55,6 +56,22 @@ def test_chunk_checks_pass_and_fail(tmp_path: Path, embedding_model: EmbeddingMo
     # Unicode whitespace is empty too, whatever the token count says.
     blank = table(tmp_path, [chunk_row("c", "\u2003\u3000\n", 1)])
     assert chunks_not_empty(document_chunks=blank, embedding_model=embedding_model).metadata["empty_chunks"].value == 1
+
+
+def test_the_smoke_probe_is_the_smallest_chunk_id_with_text_of_its_own() -> None:
+    def probe(rows: list[tuple[str, str]], tries: int = 64) -> str | None:
+        ids, hashes = zip(*rows, strict=True) if rows else ((), ())
+        return _probe_chunk(pa.table({"chunk_id": list(ids), "chunk_hash": list(hashes)}, schema=SMOKE), tries)
+
+    rows = [("c", "h3"), ("a", "h1"), ("d", "h1"), ("b", "h2")]
+    assert probe(rows) == "b"  # "a" shares its text with "d"
+    # The first tries all shared: the whole column is grouped, with the same answer.
+    duplicated = [(f"a{i:03d}", f"dup{i // 2}") for i in range(200)] + [("z", "alone"), ("y", "also alone")]
+    assert probe(duplicated, tries=5) == probe(duplicated, tries=500) == "y"
+    assert probe([("a", "h"), ("b", "h")]) is None and probe([]) is None
+
+
+SMOKE = pa.schema([("chunk_id", pa.string()), ("chunk_hash", pa.string())])
 
 
 @pytest.mark.slow

@@ -25,7 +25,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store_kind")]
 
 
 def test_incremental_add_change_remove(
-    tmp_path: Path, data_dir: Path, instance: dg.DagsterInstance, embedding_model: EmbeddingModelResource
+    tmp_path: Path,
+    data_dir: Path,
+    instance: dg.DagsterInstance,
+    embedding_model: EmbeddingModelResource,
+    store_kind: str,
 ) -> None:
     docs = write_markdown_corpus(tmp_path / "docs", scifact_records(12))
     sources = f"docs={tmp_path / 'docs'}"
@@ -60,6 +64,10 @@ def test_incremental_add_change_remove(
     chunks_noop = materialization(noop, "document_chunks")
     assert chunks_noop["documents_reused"] == 12 and chunks_noop["documents_rechunked"] == 0
     assert chunks_noop["chunks"] == materialization(first, "document_chunks")["chunks"]  # the table, copied
+    assert materialization(noop, "raw_documents")["sources_reused"] == 1  # the folder, unchanged, not re-read
+    # The embedded store's sync stamp proves the collection unchanged without a scan; a server's
+    # collection (other writers may share it) is always scanned.
+    assert emb["points_scanned"] == (0 if store_kind == "edge" else points_before)
 
     # Change one document (a new last paragraph), delete one, add one.
     docs[3].write_text(docs[3].read_text() + "\nA paragraph added by the test about zebrafish fins.\n")
@@ -68,7 +76,7 @@ def test_incremental_add_change_remove(
     changed = ingest(sources, instance, embedding_model)
     emb = materialization(changed, "document_embeddings")
     assert (emb["documents_added"], emb["documents_changed"], emb["documents_removed"]) == (1, 1, 1)
-    assert emb["documents_unchanged"] == 10
+    assert emb["documents_unchanged"] == 10 and emb["points_scanned"] == points_before
     assert emb["chunks_deleted"] >= 2  # the removed document's chunks and the changed chunk
     assert all(check_results(changed).values()), check_results(changed)
     report = audit(data_dir, sources, embedding_model)

@@ -12,8 +12,8 @@ from ai_assets.defs.ingestion.assets import document_chunks, document_embeddings
 from ai_assets.lib.ingestion.vector_index import (
     collection_fingerprint,
     collection_name,
+    compare_ids,
     index_data_version,
-    scan_points,
 )
 from ai_assets.lib.tables import ParquetTable
 from ai_assets.lib.vector_store import VectorStore
@@ -46,7 +46,7 @@ def chunks_not_empty(document_chunks: ParquetTable, embedding_model: EmbeddingMo
     empty, too_long, examples = 0, 0, []
     limit = embedding_model.max_content_tokens
     # Arrow compute per batch: no Python string per chunk (a second, not ten, at 250,000 chunks).
-    for batch in document_chunks.iter_batches(columns=["doc_id", "text", "token_count"], batch_size=65_536):
+    for batch in document_chunks.iter_batches(columns=["doc_id", "text", "token_count"], batch_size=16_384):
         tokens = batch.column("token_count")
         blank = pc.or_(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(batch.column("text"))), 0), pc.equal(tokens, 0))
         over = pc.and_(pc.invert(blank), pc.greater(tokens, limit))
@@ -140,26 +140,22 @@ def index_checks(
 
 
 def _point_count(store: VectorStore, collection: str, chunks: ParquetTable) -> dg.AssetCheckResult:
-    current = chunks.read_columns(["chunk_id", "doc_id", "chunk_hash"])
-    points = scan_points(store, collection, current, find_damaged=False)
-    chunk_ids = current.column("chunk_id")
-    indexed = pc.is_in(points["id"], value_set=chunk_ids.combine_chunks())
-    kept = pc.or_(
-        pc.is_in(points["source"], value_set=pa.array(chunks.attrs.get("unavailable_sources", []), pa.string())),
-        pc.is_in(points["doc_id"], value_set=pa.array(chunks.attrs.get("unreadable_doc_ids", []), pa.string())),
+    compared = compare_ids(store, collection, chunks.read_columns(["chunk_id"])["chunk_id"])
+    unavailable = set(chunks.attrs.get("unavailable_sources", []))
+    unreadable = set(chunks.attrs.get("unreadable_doc_ids", []))
+    preserved = sum(
+        1 for p in compared.unknown if p.payload.get("source") in unavailable or p.payload.get("doc_id") in unreadable
     )
-    not_chunks = pc.invert(indexed)
-    preserved = pc.sum(pc.and_(not_chunks, kept)).as_py() or 0
-    stale = pc.sum(pc.and_(not_chunks, pc.invert(kept))).as_py() or 0
-    missing = pc.sum(pc.invert(pc.is_in(chunk_ids, value_set=points["id"].combine_chunks()))).as_py() or 0
+    # A point removed between the scan and the payload read is gone, so neither stale nor kept.
+    stale = len(compared.unknown) - preserved
     return dg.AssetCheckResult(
         check_name="point_count_matches_chunks",
-        passed=not missing and not stale,
+        passed=not compared.missing and not stale,
         metadata={
-            "point_count": points.num_rows,
-            "chunk_count": len(chunk_ids),
+            "point_count": compared.points,
+            "chunk_count": chunks.num_rows,
             "points_preserved": preserved,
-            "missing_points": missing,
+            "missing_points": compared.missing,
             "stale_points": stale,
         },
     )
@@ -172,16 +168,12 @@ def _smoke_retrieval(
     collection: str,
     chunks: ParquetTable,
 ) -> dg.AssetCheckResult:
-    columns = chunks.read_columns(["chunk_id", "chunk_hash"])
-    # A chunk whose text no other chunk has: its own vector must come back first.
-    hash_counts = columns.group_by("chunk_hash").aggregate([("chunk_hash", "count")])
-    unique_hashes = hash_counts.filter(pc.equal(hash_counts["chunk_hash_count"], 1))["chunk_hash"]
-    candidates = columns.filter(pc.is_in(columns["chunk_hash"], value_set=unique_hashes.combine_chunks()))["chunk_id"]
-    if not len(candidates):
+    columns = chunks.read_columns(["chunk_id", "chunk_hash"]).combine_chunks()
+    probe = _probe_chunk(columns)
+    if probe is None:
         return dg.AssetCheckResult(
             check_name="smoke_retrieval", passed=False, metadata={"problem": "no chunk with unique text to probe"}
         )
-    probe = pc.min(candidates).as_py()
     store = qdrant.get_store()
     stored = store.retrieve(collection, [probe], with_vectors=True)
     # Rounded: the embedded store re-normalises vectors when it reloads them, changing the last bits.
@@ -208,7 +200,11 @@ def _smoke_retrieval(
                 passed=True,
                 metadata={**cached["metadata"], "verified_this_run": False},
             )
-    text = next(r["text"] for r in chunks.iter_rows(columns=["chunk_id", "text"]) if r["chunk_id"] == probe)
+    text = next(
+        batch.filter(pc.equal(batch.column("chunk_id"), probe)).column("text")[0].as_py()
+        for batch in chunks.iter_batches(columns=["chunk_id", "text"])
+        if pc.any(pc.equal(batch.column("chunk_id"), probe)).as_py()
+    )
     vector = embedding_model.encode([text])[0].tolist()
     hits = store.search(qdrant.alias, [vector], limit=3)[0]
     top = str(hits[0].id) if hits else None
@@ -225,3 +221,20 @@ def _smoke_retrieval(
     return dg.AssetCheckResult(
         check_name="smoke_retrieval", passed=passed, metadata={**metadata, "verified_this_run": True}
     )
+
+
+def _probe_chunk(columns: pa.Table, tries: int = 64) -> str | None:
+    """The smallest chunk id whose text no other chunk has: its own vector must come back first.
+
+    The first few ids in order are tried one hash comparison each (duplicated text is rare), so the
+    common case builds no hash table over every chunk; only if they all share their text is the whole
+    column grouped."""
+    ids, hashes = columns["chunk_id"], columns["chunk_hash"]
+    order = pc.sort_indices(ids)
+    for i in order[:tries].to_pylist():
+        if pc.sum(pc.equal(hashes, hashes[i])).as_py() == 1:
+            return ids[i].as_py()
+    counts = columns.group_by("chunk_hash").aggregate([("chunk_hash", "count")])
+    unique = counts.filter(pc.equal(counts["chunk_hash_count"], 1))["chunk_hash"]
+    candidates = columns.filter(pc.is_in(hashes, value_set=unique.combine_chunks()))["chunk_id"]
+    return pc.min(candidates).as_py() if len(candidates) else None

@@ -120,9 +120,16 @@ class VectorStore(ABC):
         """Every point as (id, the payload's `fields`), a page at a time, without vectors."""
 
     @abstractmethod
-    def ids_where_not_in(self, name: str, field: str, values: Sequence[str], page_size: int = 32_768) -> list[str]:
-        """Ids of points whose payload `field` is none of `values` (or missing), found through the payload
-        index without reading payloads."""
+    def ids_where_not_in(
+        self,
+        name: str,
+        field: str,
+        values: Sequence[str],
+        among: Sequence[str] | None = None,
+        page_size: int = 32_768,
+    ) -> list[str]:
+        """Ids of points (of `among` only, when given) whose payload `field` is none of `values` (or
+        missing), found through the payload index without reading payloads."""
 
     @abstractmethod
     def retrieve(
@@ -144,6 +151,19 @@ class VectorStore(ABC):
     def optimize(self, collection: str) -> bool:
         """Bring the collection's indexes up to date after a batch of writes; True when work was done."""
         return False
+
+    # --- the sync stamp --------------------------------------------------------------------------------
+
+    def sync_stamp(self, collection: str) -> dict[str, Any] | None:
+        """What `set_sync_stamp` last recorded for `collection`, provided no point has been written or
+        deleted through this store since; else None. A store that other writers may share (a server)
+        keeps no stamp: its collections are always scanned."""
+        return None
+
+    def set_sync_stamp(self, collection: str, stamp: dict[str, Any]) -> None:
+        """Record small JSON facts about the collection as it is now; the next write through the store
+        forgets them first."""
+        return None  # this store keeps no stamp (see `sync_stamp`)
 
     @abstractmethod
     def close(self) -> None:

@@ -116,10 +116,29 @@ class QdrantClientStore(VectorStore):
         for points in self._pages(name, page_size, list(fields) or False):
             yield [(str(p.id), p.payload or {}) for p in points]
 
-    def ids_where_not_in(self, name: str, field: str, values: Sequence[str], page_size: int = 32_768) -> list[str]:
+    def ids_where_not_in(
+        self,
+        name: str,
+        field: str,
+        values: Sequence[str],
+        among: Sequence[str] | None = None,
+        page_size: int = 32_768,
+    ) -> list[str]:
         from qdrant_client import models
 
-        condition = models.Filter(must_not=[models.FieldCondition(key=field, match=models.MatchAny(any=list(values)))])
+        if not self._indexes:
+            # No payload index to answer it (local mode, which would test every point against the whole
+            # value list, minutes at 30,000 points): the field is read and compared here.
+            excluded, allowed = set(values), set(among) if among is not None else None
+            return [
+                pid
+                for pid, payload in self.iter_points(name, [field], page_size)
+                if (allowed is None or pid in allowed) and payload.get(field) not in excluded
+            ]
+        condition = models.Filter(
+            must=[models.HasIdCondition(has_id=list(among))] if among is not None else None,
+            must_not=[models.FieldCondition(key=field, match=models.MatchAny(any=list(values)))],
+        )
         return [str(p.id) for points in self._pages(name, page_size, False, condition) for p in points]
 
     def retrieve(self, name, ids, fields=(), with_vectors=True) -> list[StoredPoint]:
