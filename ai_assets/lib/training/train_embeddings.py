@@ -179,14 +179,18 @@ def train(params: TrainingParams, log: Callable[[str], None]) -> dict[str, Any]:
         loss=MultipleNegativesRankingLoss(model),
         callbacks=[Progress()],
     )
-    result = trainer.train()
-    seconds = time.perf_counter() - started
-    # Written aside, then renamed into place: a reader never finds half a model under the final name.
-    model.save(str(scratch / "model"))
-    if output.exists():
-        raise FileExistsError(f"{output} appeared while training; the new model is left in {scratch / 'model'}")
-    os.rename(scratch / "model", output)
-    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        result = trainer.train()
+        seconds = time.perf_counter() - started
+        # Written aside, then renamed into place: a reader never finds half a model under the final name.
+        model.save(str(scratch / "model"))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.exists():
+            raise FileExistsError(f"{output} appeared while training; this run's model is not written over it")
+        os.rename(scratch / "model", output)
+    finally:
+        # A failed or killed-by-exception run leaves nothing beside the model store's versions.
+        shutil.rmtree(scratch, ignore_errors=True)
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     return {
         "pairs": len(rows),
