@@ -3,6 +3,8 @@
 import hashlib
 
 from ai_assets.lib.ingestion.vector_index import (
+    CHUNK_IDS_VERSION,
+    chunk_ids_version,
     collection_fingerprint,
     desired_table,
     index_data_version,
@@ -107,3 +109,16 @@ def test_point_with_a_payload_that_disagrees_with_its_id_is_rewritten() -> None:
     plan = plan_of({"a1": ("a", "h1"), "a2": ("a", "h2")}, {"a1": ("a", "docs", "h1"), "a2": ("", "", "")})
     assert ids(plan.new_ids) == {"a2"} and plan.repaired == 1
     assert len(plan.stale_ids) == 0 and ids(plan.final_ids) == {"a1", "a2"}
+
+
+def test_the_chunk_ids_version_is_read_from_the_table_or_computed_for_an_older_one(tmp_path) -> None:
+    import pyarrow as pa
+
+    from ai_assets.lib.tables import TableWriter
+
+    writer = TableWriter(tmp_path / "chunks.parquet", pa.schema([("chunk_id", pa.string())]))
+    writer.write_many([{"chunk_id": i} for i in ("b", "a", "c")])
+    older = writer.close(attrs={})  # written before the version was recorded
+    assert chunk_ids_version(older) == index_data_version(["a", "b", "c"])
+    recorded = type(older)(older.path, older.num_rows, {CHUNK_IDS_VERSION: "v-recorded"})
+    assert chunk_ids_version(recorded) == "v-recorded"

@@ -4,7 +4,7 @@ import hashlib
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import dagster as dg
 import pyarrow as pa
@@ -15,8 +15,10 @@ from ai_assets.lib.ingestion.chunking import CHUNKER_VERSION, ChunkingSettings, 
 from ai_assets.lib.ingestion.source_digest import source_digest
 from ai_assets.lib.ingestion.sources import SourceProblem, read_source
 from ai_assets.lib.ingestion.vector_index import (
+    CHUNK_IDS_VERSION,
     DESIRED_COLUMNS,
     apply_sync,
+    chunk_ids_version,
     collection_fingerprint,
     collection_name,
     index_data_version,
@@ -298,6 +300,10 @@ def document_chunks(
             raise
         table = writer.close(attrs=attrs)
         reused_count = len(reused_docs)
+    # The ids' version is this asset's data version, and the embedding step and the smoke check need it
+    # too: computed once here (sorting and hashing every id), carried in the table's attrs.
+    version = index_data_version(table.read_columns(["chunk_id"]).column("chunk_id"))
+    table = replace(table, attrs={**table.attrs, CHUNK_IDS_VERSION: version})
     tokens = table.read_columns(["token_count"]).column("token_count")
     total_tokens = pc.sum(tokens).as_py() or 0
     return dg.Output(
@@ -315,7 +321,7 @@ def document_chunks(
             "model_max_content_tokens": embedding_model.max_content_tokens,
             "duration_s": round(time.perf_counter() - started, 3),
         },
-        data_version=dg.DataVersion(index_data_version(table.read_columns(["chunk_id"]).column("chunk_id"))),
+        data_version=dg.DataVersion(version),
     )
 
 
@@ -370,7 +376,7 @@ def document_embeddings(
         )
 
     desired = document_chunks.read_columns(DESIRED_COLUMNS)
-    desired_version = index_data_version(desired["chunk_id"])
+    desired_version = chunk_ids_version(document_chunks)
     # The embedded store stamps a collection after each completed sync and forgets the stamp before any
     # later write, so a stamp naming exactly the current chunk ids (and their count) proves there is
     # nothing to do without scanning every point (seconds at 100k documents). The point-count check

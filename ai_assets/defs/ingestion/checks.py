@@ -10,10 +10,10 @@ import pyarrow.compute as pc
 
 from ai_assets.defs.ingestion.assets import document_chunks, document_embeddings
 from ai_assets.lib.ingestion.vector_index import (
+    chunk_ids_version,
     collection_fingerprint,
     collection_name,
     compare_ids,
-    index_data_version,
 )
 from ai_assets.lib.tables import ParquetTable
 from ai_assets.lib.vector_store import VectorStore
@@ -186,7 +186,7 @@ def _smoke_retrieval(
     # when none changed since a passing probe, the torch import and model load (seconds) buy nothing.
     key = {
         "collection": collection,
-        "index_version": index_data_version(columns["chunk_id"]),
+        "index_version": chunk_ids_version(chunks),
         "model": embedding_model.identity,
         "probe": probe,
         "stored_vector": stored_vector,

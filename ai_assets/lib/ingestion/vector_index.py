@@ -53,6 +53,8 @@ POINTS_SCHEMA = pa.schema(
 )
 # What `plan_sync` compares it with: one row per current chunk, in chunk-table order.
 DESIRED_COLUMNS = ["chunk_id", "doc_id", "chunk_hash"]
+# The chunk table's attr holding `index_data_version` of its chunk ids.
+CHUNK_IDS_VERSION = "chunk_ids_version"
 
 
 def collection_fingerprint(model_identity: Mapping[str, Any], chunking_fingerprint: str) -> str:
@@ -72,6 +74,15 @@ def index_data_version(point_ids: Iterable[str] | pa.Array | pa.ChunkedArray) ->
     digest = hashlib.sha256()
     update_with_lines(digest, ids.take(pc.sort_indices(ids)))
     return digest.hexdigest()[:24]
+
+
+def chunk_ids_version(chunks: ParquetTable) -> str:
+    """`index_data_version` of a chunk table's ids: recorded in its attrs by `document_chunks`, which
+    computes it once a run; computed here only for a table written before it was recorded."""
+    recorded = chunks.attrs.get(CHUNK_IDS_VERSION)
+    if isinstance(recorded, str):
+        return recorded
+    return index_data_version(chunks.read_columns(["chunk_id"])["chunk_id"])
 
 
 def scan_points(
