@@ -16,7 +16,7 @@ from ai_assets.definitions import defs
 from ai_assets_tests.corpora import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
-GROUPS = {"ingestion", "evaluation", "inference"}
+GROUPS = {"ingestion", "evaluation", "inference", "training"}
 
 
 def specs() -> list[dg.AssetSpec]:
@@ -48,9 +48,14 @@ def test_jobs_schedules_and_sensors_are_the_documented_ones() -> None:
     jobs = {job.name for job in defs.jobs}
     schedules = {schedule.name for schedule in defs.schedules}
     sensors = {sensor.name for sensor in defs.sensors}
-    assert jobs == {"rag_ingestion", "rag_evaluation", "batch_inference"}
-    assert schedules == {"nightly_rag_refresh", "daily_rag_evaluation"}
-    assert sensors == {"source_change_sensor", "inference_inbox_sensor", "rag_quality_automation"}
+    assert jobs == {"rag_ingestion", "rag_evaluation", "batch_inference", "fine_tuning", "rollback_embedding_model"}
+    assert schedules == {"nightly_rag_refresh", "daily_rag_evaluation", "weekly_fine_tune"}
+    assert sensors == {
+        "source_change_sensor",
+        "inference_inbox_sensor",
+        "rag_quality_automation",
+        "rescore_after_model_change",
+    }
     for name in jobs | schedules | sensors:
         assert f"`{name}`" in README, f"{name} is not documented in the README"
 

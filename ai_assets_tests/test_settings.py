@@ -24,7 +24,18 @@ DAGSTER = str(Path(sys.executable).parent / "dagster")
 SECRETS = {"QDRANT_API_KEY", "OPENAI_API_KEY", "RAGAS_JUDGE_API_KEY"}
 # Variables the README names that are not settings of this code location.
 NOT_SETTINGS = {"RAGAS_DO_NOT_TRACK", "DAGSTER_HOME", "DAGSTER_POSTGRES_URL"}
-PREFIXES = ("AI_ASSETS_", "HTTP_", "LOCAL_", "QDRANT_", "EMBEDDING_", "CHUNK_", "OPENAI_", "INFERENCE_", "RAG")
+PREFIXES = (
+    "AI_ASSETS_",
+    "HTTP_",
+    "LOCAL_",
+    "QDRANT_",
+    "EMBEDDING_",
+    "CHUNK_",
+    "OPENAI_",
+    "INFERENCE_",
+    "RAG",
+    "TRAINING_",
+)
 
 
 def valid_values(tmp: Path) -> dict[str, tuple[str, object]]:
@@ -73,7 +84,34 @@ def valid_values(tmp: Path) -> dict[str, tuple[str, object]]:
         "RAGAS_JUDGE_BASE_URL": ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1"),
         "RAGAS_JUDGE_MODEL": ("judge-model", "judge-model"),
         "RAGAS_JUDGE_API_KEY": ("jk-test-key", "jk-test-key"),
+        "TRAINING_SET": (str(tmp / "eval.jsonl"), str(tmp / "eval.jsonl")),
+        "TRAINING_DOC_ID_PREFIX": ("scifact#", "scifact#"),
+        "TRAINING_SYNTHESIZE": ("12", 12),
+        "TRAINING_VALIDATION_FRACTION": ("0.25", 0.25),
+        "TRAINING_MIN_ACCURACY": ("0.7", 0.7),
+        "TRAINING_ACCURACY_K": ("20", 20),
+        "TRAINING_MIN_IMPROVEMENT": ("0.01", 0.01),
+        "TRAINING_LAUNCHER": ("k8s", "k8s"),
+        "TRAINING_DEVICE": ("cuda", "cuda"),
+        "TRAINING_MODEL_STORE": (str(tmp / "models"), str((tmp / "models").resolve())),
+        "TRAINING_EXECUTOR": ("k8s", "k8s"),
+        "TRAINING_K8S_IMAGE": ("registry.example/ai-assets:1.2", "registry.example/ai-assets:1.2"),
+        "TRAINING_K8S_NAMESPACE": ("ml-training", "ml-training"),
+        "TRAINING_K8S_SERVICE_ACCOUNT": ("trainer", "trainer"),
+        "TRAINING_K8S_GPUS": ("4", 4),
+        "TRAINING_K8S_NODE_SELECTOR": ('{"nvidia.com/gpu.product": "A100"}', {"nvidia.com/gpu.product": "A100"}),
+        "TRAINING_K8S_TOLERATIONS": ('[{"key": "nvidia.com/gpu", "operator": "Exists"}]', TOLERATIONS),
+        "TRAINING_K8S_VOLUMES": ('[{"name": "data", "persistentVolumeClaim": {"claimName": "d"}}]', VOLUMES),
+        "TRAINING_K8S_VOLUME_MOUNTS": (
+            '[{"name": "data", "mountPath": "/data"}]',
+            [{"name": "data", "mountPath": "/data"}],
+        ),
+        "TRAINING_K8S_KUBECONFIG": (str(tmp / "kubeconfig"), str(tmp / "kubeconfig")),
     }
+
+
+TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+VOLUMES = [{"name": "data", "persistentVolumeClaim": {"claimName": "d"}}]
 
 
 def invalid_values(tmp: Path) -> dict[str, str]:
@@ -121,6 +159,26 @@ def invalid_values(tmp: Path) -> dict[str, str]:
         "RAGAS_JUDGE_BASE_URL": "judge.local",
         "RAGAS_JUDGE_MODEL": "my judge",
         "RAGAS_JUDGE_API_KEY": " jk-leading-space",
+        "TRAINING_SET": str(tmp / "train\x01.jsonl"),
+        "TRAINING_DOC_ID_PREFIX": "a\x02b",
+        "TRAINING_SYNTHESIZE": "0",
+        "TRAINING_VALIDATION_FRACTION": "0.95",
+        "TRAINING_MIN_ACCURACY": "85%",
+        "TRAINING_ACCURACY_K": "0",
+        "TRAINING_MIN_IMPROVEMENT": "two",
+        "TRAINING_LAUNCHER": "kubernetes",
+        "TRAINING_DEVICE": "gpu0",
+        "TRAINING_MODEL_STORE": str(a_file),
+        "TRAINING_EXECUTOR": "celery",
+        "TRAINING_K8S_IMAGE": "my image",
+        "TRAINING_K8S_NAMESPACE": "ML_Training",
+        "TRAINING_K8S_SERVICE_ACCOUNT": "Trainer!",
+        "TRAINING_K8S_GPUS": "-1",
+        "TRAINING_K8S_NODE_SELECTOR": '{"gpu": true}',
+        "TRAINING_K8S_TOLERATIONS": '{"key": "nvidia.com/gpu"}',
+        "TRAINING_K8S_VOLUMES": "[broken",
+        "TRAINING_K8S_VOLUME_MOUNTS": '["data"]',
+        "TRAINING_K8S_KUBECONFIG": "kube\x01config",
     }
 
 
@@ -328,7 +386,9 @@ stack = contextlib.ExitStack()
 # As a run resolves them: each EnvVar read from this process's environment.
 r = {name: stack.enter_context(defs.resources[name].process_config_and_initialize_cm()) for name in
      ("qdrant", "embedding_model", "document_sources", "llm", "data_folder", "chunking", "inference",
-      "evaluation", "judge")}
+      "evaluation", "judge", "training", "training_launcher")}
+t, tl = r["training"], r["training_launcher"]
+pod = tl.pod_spec()
 q, e, s, llm = r["qdrant"], r["embedding_model"], r["document_sources"], r["llm"]
 chunking, inference, evaluation, judge = r["chunking"], r["inference"], r["evaluation"], r["judge"]
 zones = {defs.get_schedule_def(n).execution_timezone for n in ("nightly_rag_refresh", "daily_rag_evaluation")}
@@ -360,6 +420,17 @@ seen = {
     "RAG_REGRESSION_TOLERANCE": evaluation.tolerance(),
     "RAGAS_JUDGE_BASE_URL": judge.base_url, "RAGAS_JUDGE_MODEL": judge.model,
     "RAGAS_JUDGE_API_KEY": judge.api_key,
+    "TRAINING_SET": t.training_set, "TRAINING_DOC_ID_PREFIX": t.doc_id_prefix,
+    "TRAINING_SYNTHESIZE": t.synthesize_questions, "TRAINING_VALIDATION_FRACTION": t.fraction(),
+    "TRAINING_MIN_ACCURACY": t.gate().min_accuracy, "TRAINING_ACCURACY_K": t.gate().accuracy_k,
+    "TRAINING_MIN_IMPROVEMENT": t.gate().min_improvement, "TRAINING_MODEL_STORE": str(t.model_store_dir),
+    "TRAINING_LAUNCHER": tl.kind, "TRAINING_DEVICE": tl.torch_device,
+    "TRAINING_EXECUTOR": defs.get_job_def("fine_tuning").executor_def.name,
+    "TRAINING_K8S_IMAGE": tl.image, "TRAINING_K8S_NAMESPACE": tl.namespace,
+    "TRAINING_K8S_SERVICE_ACCOUNT": pod["service_account_name"], "TRAINING_K8S_GPUS": tl.gpus,
+    "TRAINING_K8S_NODE_SELECTOR": pod["node_selector"], "TRAINING_K8S_TOLERATIONS": pod["tolerations"],
+    "TRAINING_K8S_VOLUMES": pod["volumes"], "TRAINING_K8S_VOLUME_MOUNTS": pod["containers"][0]["volume_mounts"],
+    "TRAINING_K8S_KUBECONFIG": tl.kubeconfig,
 }
 print("SEEN " + json.dumps(seen))
 """

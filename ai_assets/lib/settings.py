@@ -218,6 +218,35 @@ def _thresholds(text: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
+def _string_map(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _Invalid(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _Invalid("not a JSON object of name -> text")
+    return value
+
+
+def _object_list(text: str) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _Invalid(f"not valid JSON ({err})") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise _Invalid("not a JSON list of objects")
+    return value
+
+
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _k8s_name(text: str) -> str:
+    if not _K8S_NAME.fullmatch(text):
+        raise _Invalid("not a Kubernetes name (lowercase letters, digits and '-', at most 63)")
+    return text
+
+
 DEFAULT_THRESHOLDS = {"ndcg_at_10": 0.5, "recall_at_10": 0.7, "mrr_at_10": 0.45, "hit_rate_at_5": 0.7}
 
 _WHOLE = "a whole number"
@@ -276,6 +305,28 @@ _ALL = [
     Setting("RAGAS_JUDGE_BASE_URL", "", _url, "an http(s) URL of an OpenAI-compatible API"),
     Setting("RAGAS_JUDGE_MODEL", "", _token, "a model name, without spaces"),
     Setting("RAGAS_JUDGE_API_KEY", None, _token, "the judge's API key, without spaces", secret=True),
+    # Fine-tuning: the training data and the gate
+    Setting("TRAINING_SET", "", _text, "a .jsonl golden file or a BEIR folder (its train split)"),
+    Setting("TRAINING_DOC_ID_PREFIX", "", _text, "a document id prefix, e.g. scifact#"),
+    Setting("TRAINING_SYNTHESIZE", 64, _integer(1), f"{_WHOLE} of questions >= 1", "int"),
+    Setting("TRAINING_VALIDATION_FRACTION", 0.2, _number(0, exclusive=True, maximum=0.9), "a fraction, e.g. 0.2"),
+    Setting("TRAINING_MIN_ACCURACY", 0.85, _number(0, maximum=1), "a fraction from 0 to 1, e.g. 0.85"),
+    Setting("TRAINING_ACCURACY_K", 10, _integer(1, 100), f"{_WHOLE} from 1 to 100", "int"),
+    Setting("TRAINING_MIN_IMPROVEMENT", 0.005, _number(-1, maximum=1), "a number, e.g. 0.005 (nDCG@10)"),
+    # Fine-tuning: where training runs and where models are kept
+    Setting("TRAINING_LAUNCHER", "subprocess", _one_of("subprocess", "k8s"), "subprocess or k8s"),
+    Setting("TRAINING_DEVICE", "cpu", _device, "cpu, cuda, cuda:N, ...", "str"),
+    Setting("TRAINING_MODEL_STORE", None, _folder, "a folder (a shared volume on Kubernetes)"),
+    Setting("TRAINING_EXECUTOR", "in_process", _one_of("in_process", "k8s"), "in_process or k8s"),
+    Setting("TRAINING_K8S_IMAGE", "", _token, "an image reference, e.g. registry/ai-assets:1.2"),
+    Setting("TRAINING_K8S_NAMESPACE", "default", _k8s_name, "a Kubernetes namespace"),
+    Setting("TRAINING_K8S_SERVICE_ACCOUNT", "", _k8s_name, "a Kubernetes service account name"),
+    Setting("TRAINING_K8S_GPUS", 1, _integer(0, 64), f"{_WHOLE} of GPUs from 0 to 64", "int"),
+    Setting("TRAINING_K8S_NODE_SELECTOR", {}, _string_map, 'a JSON object, e.g. {"nvidia.com/gpu.product": "A100"}'),
+    Setting("TRAINING_K8S_TOLERATIONS", None, _object_list, 'a JSON list, e.g. [{"key": "nvidia.com/gpu", ...}]'),
+    Setting("TRAINING_K8S_VOLUMES", None, _object_list, "a JSON list of pod volumes"),
+    Setting("TRAINING_K8S_VOLUME_MOUNTS", None, _object_list, "a JSON list of the container's volume mounts"),
+    Setting("TRAINING_K8S_KUBECONFIG", "", _text, "a kubeconfig file (unset: the in-cluster service account)"),
 ]
 
 SETTINGS: Mapping[str, Setting] = {setting.name: setting for setting in _ALL}

@@ -35,6 +35,7 @@ from ai_assets.resources.io_manager import ParquetTableIOManager
 from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
+from ai_assets.resources.training import TrainingLauncherResource, TrainingResource
 
 __all__ = [
     "ChunkingResource",
@@ -47,6 +48,8 @@ __all__ = [
     "LLMResource",
     "ParquetTableIOManager",
     "QdrantResource",
+    "TrainingLauncherResource",
+    "TrainingResource",
     "build_resources",
     "setting_field",
 ]
@@ -81,6 +84,9 @@ def build_resources() -> dict[str, Any]:
             batch_size=setting_field("EMBEDDING_BATCH_SIZE"),
             threads=setting_field("EMBEDDING_THREADS"),
             dtype=setting_field("EMBEDDING_DTYPE"),
+            # A deployed fine-tuned model of the configured base takes its place (see the resource).
+            data_folder=data_folder,
+            model_store=setting_field("TRAINING_MODEL_STORE"),
         ),
         "chunking": ChunkingResource(
             chunk_size=setting_field("CHUNK_SIZE"), chunk_overlap=setting_field("CHUNK_OVERLAP")
@@ -123,5 +129,29 @@ def build_resources() -> dict[str, Any]:
             base_url=setting_field("RAGAS_JUDGE_BASE_URL"),
             model=setting_field("RAGAS_JUDGE_MODEL"),
             api_key=setting_field("RAGAS_JUDGE_API_KEY"),
+        ),
+        "training": TrainingResource(
+            data_folder=data_folder,
+            training_set=setting_field("TRAINING_SET"),
+            doc_id_prefix=setting_field("TRAINING_DOC_ID_PREFIX"),
+            synthesize_questions=setting_field("TRAINING_SYNTHESIZE"),
+            validation_fraction=setting_field("TRAINING_VALIDATION_FRACTION"),
+            min_accuracy=setting_field("TRAINING_MIN_ACCURACY"),
+            accuracy_k=setting_field("TRAINING_ACCURACY_K"),
+            min_improvement=setting_field("TRAINING_MIN_IMPROVEMENT"),
+            model_store=setting_field("TRAINING_MODEL_STORE"),
+        ),
+        "training_launcher": TrainingLauncherResource(
+            launcher=setting_field("TRAINING_LAUNCHER"),
+            device=setting_field("TRAINING_DEVICE"),
+            image=setting_field("TRAINING_K8S_IMAGE"),
+            namespace=setting_field("TRAINING_K8S_NAMESPACE"),
+            service_account=setting_field("TRAINING_K8S_SERVICE_ACCOUNT"),
+            gpus=setting_field("TRAINING_K8S_GPUS"),
+            node_selector=setting_field("TRAINING_K8S_NODE_SELECTOR"),
+            tolerations=setting_field("TRAINING_K8S_TOLERATIONS"),
+            volumes=setting_field("TRAINING_K8S_VOLUMES"),
+            volume_mounts=setting_field("TRAINING_K8S_VOLUME_MOUNTS"),
+            kubeconfig=setting_field("TRAINING_K8S_KUBECONFIG"),
         ),
     }

@@ -18,9 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from ai_assets.resources.data_folder import DataFolderResource
+
 if TYPE_CHECKING:
     import numpy as np
     import tokenizers
+
+    from ai_assets.lib.training.registry import Deployment
 
 BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -243,9 +247,18 @@ def check_device(device: str) -> None:
         ) from err
 
 
+def fine_tuned_name(base_name: str, version: str) -> str:
+    """The name a fine-tuned model goes by in collection fingerprints and metadata."""
+    return f"{base_name}+ft-{version}"
+
+
 class EmbeddingModelResource(dg.ConfigurableResource):
     """Turns text into vectors. Nothing is downloaded: `model` is a local folder, or a hub name that is
     already in the local Hugging Face cache; empty means the bundled all-MiniLM-L6-v2.
+
+    A fine-tuned model deployed from that base (the model registry in `model_store`, TRAINING_MODEL_STORE,
+    or `models` in `data_folder`) takes its place, so ingestion, search and evaluation follow a deployment
+    and a rollback without a setting changing. A registry entry trained from another base is ignored.
 
     torch and sentence-transformers load on the first `encode`, so steps (and runs) with nothing to
     embed never pay for them.
@@ -261,13 +274,69 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     # measures it faster (see `choose_dtype`), else float32. Queries and documents share the resource,
     # hence the precision; a bfloat16 index is a different collection (see `identity`).
     dtype: str = "auto"
+    # Where deployments are recorded; neither set (tests, benchmarks) = the base model only.
+    data_folder: DataFolderResource | None = None
+    model_store: str = ""
+    # The name of a model loaded from a path, e.g. a candidate under evaluation (see `fine_tuned_name`).
+    display_name: str = ""
+
+    @property
+    def base_name(self) -> str:
+        """The configured model's name (EMBEDDING_MODEL, or the bundled one), deployments aside."""
+        return self.model or BUNDLED_MODEL_NAME
 
     @property
     def name(self) -> str:
-        return self.model or BUNDLED_MODEL_NAME
+        if self.display_name:
+            return self.display_name
+        deployed = self.deployment
+        return fine_tuned_name(self.base_name, deployed.version) if deployed else self.base_name
+
+    def model_store_dir(self) -> Path | None:
+        from ai_assets.lib import settings
+
+        if self.model_store:
+            folder = settings.parse(
+                "TRAINING_MODEL_STORE", self.model_store, field="EmbeddingModelResource.model_store"
+            )
+            return Path(folder).expanduser().resolve()
+        return self.data_folder.folder("models") if self.data_folder is not None else None
+
+    @cached_property
+    def deployment(self) -> Deployment | None:
+        """The fine-tuned model deployed from this base, if any (read once per resource, i.e. per run)."""
+        from ai_assets.lib.training.registry import Registry
+
+        folder = self.model_store_dir()
+        if self.display_name or folder is None:
+            return None
+        current = Registry(folder).current
+        if current is None or current.version == "base":
+            return None
+        if current.base_model != self.base_name:
+            dg.get_dagster_logger().warning(
+                f"The deployed fine-tuned model {current.version} was trained from {current.base_model}, not "
+                f"from EMBEDDING_MODEL={self.base_name!r}: it is not used"
+            )
+            return None
+        return current
 
     @cached_property
     def model_path(self) -> Path:
+        deployed = self.deployment
+        if deployed is None:
+            return self.base_model_path
+        path = Path(deployed.model_path)
+        if not (path / "modules.json").exists():
+            raise FileNotFoundError(
+                f"The deployed embedding model {deployed.version} is missing from {path}: restore the model "
+                "store, or roll back (README: Fine-tuning)"
+            )
+        return path
+
+    @cached_property
+    def base_model_path(self) -> Path:
+        """The configured model's folder, deployments aside: what fine-tuning starts from."""
         if not self.model:
             return bundled_model_path()
         candidate = Path(self.model).expanduser()
@@ -308,7 +377,10 @@ class EmbeddingModelResource(dg.ConfigurableResource):
                 pooling = self._read_json(f"{module['path']}/config.json")
                 if "word_embedding_dimension" in pooling and not has_dense:
                     return int(pooling["word_embedding_dimension"])
-        return int(self._load().get_sentence_embedding_dimension())
+        model = self._load()
+        # sentence-transformers 6 renamed it; the old name warns.
+        get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(get())
 
     @property
     def identity(self) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """The training script: its input checks, and a real run launched through Dagster Pipes."""
 
 import json
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -9,6 +8,7 @@ import pytest
 
 from ai_assets.lib.training.train_embeddings import TrainingInputError, TrainingParams, check_params
 from ai_assets.resources.embeddings import EmbeddingModelResource
+from ai_assets.resources.training import TrainingLauncherResource
 from ai_assets_tests.corpora import scifact_records
 
 BASE_MODEL = str(EmbeddingModelResource().model_path)
@@ -69,13 +69,12 @@ def test_a_pipes_launched_run_trains_writes_the_model_and_reports(tmp_path: Path
     }
 
     @dg.asset
-    def tiny_model(context: dg.AssetExecutionContext, pipes_subprocess_client: dg.PipesSubprocessClient):
-        command = [sys.executable, "-m", "ai_assets.lib.training.train_embeddings"]
-        return pipes_subprocess_client.run(command=command, context=context, extras=extras).get_materialize_result()
+    def tiny_model(context: dg.AssetExecutionContext, training_launcher: TrainingLauncherResource):
+        return training_launcher.run(context, extras).get_materialize_result()
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [tiny_model], resources={"pipes_subprocess_client": dg.PipesSubprocessClient()}, instance=instance
+            [tiny_model], resources={"training_launcher": TrainingLauncherResource()}, instance=instance
         )
         assert result.success
         logs = [e.user_message for e in instance.all_logs(result.run_id)]

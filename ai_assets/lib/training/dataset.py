@@ -13,12 +13,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ai_assets.lib.vector_store import VectorStore
 
 __all__ = [
     "TRAIN",
     "VALIDATION",
+    "ExampleStats",
     "RankedChunk",
     "TrainingDataError",
+    "TrainingQuery",
+    "build_examples",
     "check_splits",
     "mine_negatives",
     "split_by_document",
@@ -163,3 +170,70 @@ def check_splits(
             "could not be compared with the deployed one; add judged queries or raise validation_fraction"
         )
     return pairs
+
+
+@dataclass(frozen=True)
+class TrainingQuery:
+    """A question with the documents that answer it; `positive_text` when one passage is known to (the
+    chunk a synthetic question was written from)."""
+
+    id: str
+    text: str
+    relevant: Mapping[str, float]
+    synthetic: bool = False
+    positive_text: str | None = None
+
+
+@dataclass
+class ExampleStats:
+    pairs: int = 0
+    with_negative: int = 0
+    # A relevant document that is not in the index gives no positive passage: reported, not trained on.
+    positives_not_indexed: int = 0
+    # No result far enough from the positive to be a safe negative, even with the rules relaxed.
+    dropped_without_negative: int = 0
+
+
+def build_examples(
+    queries: Sequence[TrainingQuery],
+    vectors: Sequence[Sequence[float]],
+    store: VectorStore,
+    collection: str,
+    negatives: int = 1,
+    search_limit: int = 30,
+    skip_top: int = 3,
+    relative_margin: float = 0.05,
+) -> tuple[list[dict[str, str]], ExampleStats]:
+    """Training rows `{"query_id", "anchor", "positive", "negative_1", ...}`, one per (query, relevant
+    document), from the index: the positive is the document's chunk closest to the query (or the
+    query's known passage), the negatives are mined from the query's top `search_limit` chunks
+    (`mine_negatives`). A row for which no negative survives the rules is mined again with them relaxed
+    (no skipped ranks, no margin: still never the positive's document) and dropped only when even that
+    finds none, so every row has as many negatives, as the trainer needs."""
+    rows: list[dict[str, str]] = []
+    stats = ExampleStats()
+    for query, vector in zip(queries, vectors, strict=True):
+        docs = _relevant_docs(query.relevant)
+        if not docs:
+            continue
+        ranked_hits = store.search(collection, [vector], search_limit, ["doc_id", "text"])[0]
+        texts = {hit.id: str(hit.payload.get("text", "")) for hit in ranked_hits}
+        ranked = [RankedChunk(hit.id, str(hit.payload.get("doc_id", "")), hit.score) for hit in ranked_hits]
+        for doc in docs:
+            best = store.search(collection, [vector], 1, ["text"], where={"doc_id": doc})[0]
+            if not best:
+                stats.positives_not_indexed += 1
+                continue
+            positive = query.positive_text or str(best[0].payload.get("text", ""))
+            mined = mine_negatives(ranked, docs, best[0].score, negatives, skip_top, relative_margin)
+            if len(mined) < negatives:
+                mined = mine_negatives(ranked, docs, float("inf"), negatives, skip_top=0, relative_margin=0.0)
+            if len(mined) < negatives:
+                stats.dropped_without_negative += 1
+                continue
+            row = {"query_id": query.id, "anchor": query.text, "positive": positive}
+            row.update({f"negative_{i}": texts[chunk] for i, chunk in enumerate(mined, start=1)})
+            rows.append(row)
+            stats.pairs += 1
+            stats.with_negative += 1 if negatives else 0
+    return rows, stats
