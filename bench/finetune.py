@@ -1,6 +1,6 @@
 """Fine-tuning benchmark: the whole loop on BEIR SciFact, printed as `key: value` lines.
 
-    python bench/finetune.py      # ~45 min on 2 cores: ingest, evaluate, train, gate, deploy, evaluate
+    python bench/finetune.py      # 60-80 min on 2 cores: ingest, evaluate, train, gate, deploy, evaluate
 
 One run, through the pipeline's own assets:
 1. SciFact's corpus is ingested with the base model (all-MiniLM-L6-v2), and `rag_quality_metrics` scores
