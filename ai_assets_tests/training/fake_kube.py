@@ -708,8 +708,10 @@ class FakeKube:
 
     def _delete_once_streamed(self, pod: _Pod, index: int) -> None:
         """`Faults.delete_after`: delete the pod once a follower has the trigger line, so that the deletion
-        happens mid-run as a watcher sees it (not before anyone started reading)."""
-        deadline = time.monotonic() + 20
+        happens mid-run as a watcher sees it (not before anyone started reading). The deadline is generous:
+        on a loaded machine the client starts following seconds late, and a deletion before it follows hits
+        a window where dagster_k8s retries its first log read forever."""
+        deadline = time.monotonic() + 240
         with self._changed:
             while pod.streamed < index and not pod.deleted and time.monotonic() < deadline:
                 self._changed.wait(timeout=0.1)

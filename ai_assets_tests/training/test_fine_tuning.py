@@ -183,6 +183,7 @@ def test_train_gate_deploy_follow_and_roll_back(
     assert follower.name.endswith(f"+ft-{version}") and follower.model_path == Path(model["model_path"])
     again = ingest(f"scifact={scifact_slice / 'corpus.jsonl'}", instance, follower)
     assert again.success and metadata(again, "document_embeddings")["chunks_embedded"] == 0
+    assert metadata(again, "document_chunks")["documents_rechunked"] == 0  # same tokenizer, same chunks
     assert collections_and_alias(data_dir)[1] == alias
 
     # One command back to the base model. Its kept collection is gone (as after a re-chunking ingestion):

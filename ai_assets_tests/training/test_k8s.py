@@ -44,7 +44,7 @@ with open_dagster_pipes() as pipes:
         print(f"step {step} loss {1 / (step + 1):.4f}", flush=True)
     if mode == "hang":
         print("allocating the optimizer state", flush=True)
-        time.sleep(60)
+        time.sleep(300)  # longer than the fake waits for a follower before it deletes the pod
     if mode == "crash":
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
     pipes.report_asset_materialization(metadata={"final_loss": 0.0333, "steps": 30})

@@ -243,7 +243,9 @@ def document_chunks(
         chunk_overlap=chunking.chunk_overlap if config.chunk_overlap is None else config.chunk_overlap,
     )
     settings.validate(embedding_model.max_content_tokens)
-    fingerprint = f"{settings.fingerprint()}:{embedding_model.name}"
+    # The base model's name: a fine-tuned deployment keeps its base's tokenizer and sequence length, so
+    # deploying or rolling one back changes no chunk (the collection fingerprint still follows the model).
+    fingerprint = f"{settings.fingerprint()}:{embedding_model.base_name}"
 
     # (document id, content hash) of every current document, as one Arrow column of keys: unchanged
     # documents are found by a vectorised lookup, not a Python object per chunk.

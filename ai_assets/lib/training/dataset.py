@@ -174,8 +174,8 @@ def check_splits(
 
 @dataclass(frozen=True)
 class TrainingQuery:
-    """A question with the documents that answer it; `positive_text` when one passage is known to (the
-    chunk a synthetic question was written from)."""
+    """A question with the documents that answer it, and `positive_text` when the passage that answers it
+    is known (the chunk a synthetic question was written from)."""
 
     id: str
     text: str
@@ -187,7 +187,6 @@ class TrainingQuery:
 @dataclass
 class ExampleStats:
     pairs: int = 0
-    with_negative: int = 0
     # A relevant document that is not in the index gives no positive passage: reported, not trained on.
     positives_not_indexed: int = 0
     # No result far enough from the positive to be a safe negative, even with the rules relaxed.
@@ -235,5 +234,4 @@ def build_examples(
             row.update({f"negative_{i}": texts[chunk] for i, chunk in enumerate(mined, start=1)})
             rows.append(row)
             stats.pairs += 1
-            stats.with_negative += 1 if negatives else 0
     return rows, stats
