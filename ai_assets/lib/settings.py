@@ -159,22 +159,23 @@ def _folder(text: str) -> Path:
     return path
 
 
-_QDRANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+def _matching(pattern: str, reason: str) -> Parser:
+    """A parser accepting text that matches `pattern` whole, else failing with `reason`."""
+    compiled = re.compile(pattern)
+
+    def parse(text: str) -> str:
+        if not compiled.fullmatch(text):
+            raise _Invalid(reason)
+        return text
+
+    return parse
 
 
-def _qdrant_name(text: str) -> str:
-    if not _QDRANT_NAME.fullmatch(text):
-        raise _Invalid("not a valid Qdrant alias")
-    return text
-
-
-_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|xla|mtia|ipu)(:\d+)?")
-
-
-def _device(text: str) -> str:
-    if not _DEVICE.fullmatch(text):
-        raise _Invalid("not a torch device")
-    return text
+_qdrant_name = _matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}", "not a valid Qdrant alias")
+_device = _matching(r"(cpu|cuda|mps|xpu|hpu|npu|xla|mtia|ipu)(:\d+)?", "not a torch device")
+_k8s_name = _matching(
+    r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "not a Kubernetes name (lowercase letters, digits and '-', at most 63)"
+)
 
 
 def _one_of(*choices: str) -> Parser:
@@ -206,11 +207,15 @@ def _sources(text: str) -> str:
     return text
 
 
-def _thresholds(text: str) -> dict[str, float]:
+def _json(text: str) -> Any:
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise _Invalid(f"not valid JSON ({err})") from None
+
+
+def _thresholds(text: str) -> dict[str, float]:
+    value = _json(text)
     if not isinstance(value, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value.values()
     ):
@@ -219,32 +224,17 @@ def _thresholds(text: str) -> dict[str, float]:
 
 
 def _string_map(text: str) -> dict[str, str]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _Invalid(f"not valid JSON ({err})") from None
+    value = _json(text)
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise _Invalid("not a JSON object of name -> text")
     return value
 
 
 def _object_list(text: str) -> list[dict[str, Any]]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _Invalid(f"not valid JSON ({err})") from None
+    value = _json(text)
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise _Invalid("not a JSON list of objects")
     return value
-
-
-_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
-def _k8s_name(text: str) -> str:
-    if not _K8S_NAME.fullmatch(text):
-        raise _Invalid("not a Kubernetes name (lowercase letters, digits and '-', at most 63)")
-    return text
 
 
 DEFAULT_THRESHOLDS = {"ndcg_at_10": 0.5, "recall_at_10": 0.7, "mrr_at_10": 0.45, "hit_rate_at_5": 0.7}
