@@ -102,6 +102,8 @@ class _Pod:
     oom_killed: bool = False
     # The highest log index any follower has written to its client (for `Faults.delete_after`).
     streamed: int = -1
+    # How often the pod was read back through a list or a get (for `Faults.delete_after`).
+    polled: int = 0
     job: str | None = None
 
     @property
@@ -449,11 +451,11 @@ class FakeKube:
         fields = _selector(query.get("fieldSelector", ""))
         labels = _selector(query.get("labelSelector", ""))
         with self._changed:
-            items = [
-                json.loads(json.dumps(pod.obj))
-                for pod in self._pods.values()
-                if pod.namespace == ns and _matches(pod.obj, fields, labels)
-            ]
+            pods = [pod for pod in self._pods.values() if pod.namespace == ns and _matches(pod.obj, fields, labels)]
+            for pod in pods:
+                pod.polled += 1
+            self._changed.notify_all()
+            items = [json.loads(json.dumps(pod.obj)) for pod in pods]
             version = str(self._resource_version)
         self._send_json(
             handler,
@@ -463,7 +465,10 @@ class FakeKube:
 
     def _read_pod(self, handler: BaseHTTPRequestHandler, query: dict[str, str], body: Any, ns: str, name: str) -> None:
         with self._changed:
-            obj = json.loads(json.dumps(self._find_pod(ns, name).obj))
+            pod = self._find_pod(ns, name)
+            pod.polled += 1
+            self._changed.notify_all()
+            obj = json.loads(json.dumps(pod.obj))
         self._send_json(handler, 200, obj)
 
     def _delete_pod(
@@ -707,13 +712,17 @@ class FakeKube:
             self._changed.notify_all()
 
     def _delete_once_streamed(self, pod: _Pod, index: int) -> None:
-        """`Faults.delete_after`: delete the pod once a follower has the trigger line, so that the deletion
-        happens mid-run as a watcher sees it (not before anyone started reading). The deadline is generous:
-        on a loaded machine the client starts following seconds late, and a deletion before it follows hits
-        a window where dagster_k8s retries its first log read forever."""
+        """`Faults.delete_after`: delete the pod mid-run as a watcher sees it: once a log follower has the
+        trigger line and the client has polled the pod's status after that. Not before: dagster_k8s waits
+        for the pod to *launch* (24 h by default) when it first looks for it after it was deleted, and a
+        deletion before the follower starts hits its first log read, which retries a 404 forever. The
+        deadline only keeps a broken client from leaving the pod running."""
         deadline = time.monotonic() + 240
         with self._changed:
             while pod.streamed < index and not pod.deleted and time.monotonic() < deadline:
+                self._changed.wait(timeout=0.1)
+            polled = pod.polled
+            while pod.polled == polled and not pod.deleted and time.monotonic() < deadline:
                 self._changed.wait(timeout=0.1)
             if pod.deleted:
                 return
