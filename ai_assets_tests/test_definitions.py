@@ -16,7 +16,7 @@ from ai_assets.definitions import defs
 from ai_assets_tests.corpora import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
-GROUPS = {"ingestion", "evaluation", "inference", "training"}
+GROUPS = {"ingestion", "evaluation", "inference", "training", "llm_training"}
 
 
 def specs() -> list[dg.AssetSpec]:
@@ -48,8 +48,16 @@ def test_jobs_schedules_and_sensors_are_the_documented_ones() -> None:
     jobs = {job.name for job in defs.jobs}
     schedules = {schedule.name for schedule in defs.schedules}
     sensors = {sensor.name for sensor in defs.sensors}
-    assert jobs == {"rag_ingestion", "rag_evaluation", "batch_inference", "fine_tuning", "rollback_embedding_model"}
-    assert schedules == {"nightly_rag_refresh", "daily_rag_evaluation", "weekly_fine_tune"}
+    assert jobs == {
+        "rag_ingestion",
+        "rag_evaluation",
+        "batch_inference",
+        "fine_tuning",
+        "rollback_embedding_model",
+        "llm_fine_tuning",
+        "rollback_llm",
+    }
+    assert schedules == {"nightly_rag_refresh", "daily_rag_evaluation", "weekly_fine_tune", "weekly_llm_fine_tune"}
     assert sensors == {
         "source_change_sensor",
         "inference_inbox_sensor",

@@ -91,6 +91,10 @@ def valid_values(tmp: Path) -> dict[str, tuple[str, object]]:
         "TRAINING_MIN_ACCURACY": ("0.7", 0.7),
         "TRAINING_ACCURACY_K": ("20", 20),
         "TRAINING_MIN_IMPROVEMENT": ("0.01", 0.01),
+        "LLM_TRAINING_SET": (str(tmp / "sft.jsonl"), str((tmp / "sft.jsonl").resolve())),
+        "LLM_VALIDATION_FRACTION": ("0.3", 0.3),
+        "LLM_MIN_EXACT_MATCH": ("0.8", 0.8),
+        "LLM_MIN_IMPROVEMENT": ("0.05", 0.05),
         "TRAINING_LAUNCHER": ("k8s", "k8s"),
         "TRAINING_DEVICE": ("cuda", "cuda"),
         "TRAINING_MODEL_STORE": (str(tmp / "models"), str((tmp / "models").resolve())),
@@ -166,6 +170,10 @@ def invalid_values(tmp: Path) -> dict[str, str]:
         "TRAINING_MIN_ACCURACY": "85%",
         "TRAINING_ACCURACY_K": "0",
         "TRAINING_MIN_IMPROVEMENT": "two",
+        "LLM_TRAINING_SET": str(tmp / "sft\x03.jsonl"),
+        "LLM_VALIDATION_FRACTION": "0",
+        "LLM_MIN_EXACT_MATCH": "1.5",
+        "LLM_MIN_IMPROVEMENT": "lots",
         "TRAINING_LAUNCHER": "kubernetes",
         "TRAINING_DEVICE": "gpu0",
         "TRAINING_MODEL_STORE": str(a_file),
@@ -386,8 +394,8 @@ stack = contextlib.ExitStack()
 # As a run resolves them: each EnvVar read from this process's environment.
 r = {name: stack.enter_context(defs.resources[name].process_config_and_initialize_cm()) for name in
      ("qdrant", "embedding_model", "document_sources", "llm", "data_folder", "chunking", "inference",
-      "evaluation", "judge", "training", "training_launcher")}
-t, tl = r["training"], r["training_launcher"]
+      "evaluation", "judge", "training", "llm_training", "training_launcher")}
+t, lt, tl = r["training"], r["llm_training"], r["training_launcher"]
 pod = tl.pod_spec()
 q, e, s, llm = r["qdrant"], r["embedding_model"], r["document_sources"], r["llm"]
 chunking, inference, evaluation, judge = r["chunking"], r["inference"], r["evaluation"], r["judge"]
@@ -424,6 +432,8 @@ seen = {
     "TRAINING_SYNTHESIZE": t.synthesize_questions, "TRAINING_VALIDATION_FRACTION": t.fraction(),
     "TRAINING_MIN_ACCURACY": t.gate().min_accuracy, "TRAINING_ACCURACY_K": t.gate().accuracy_k,
     "TRAINING_MIN_IMPROVEMENT": t.gate().min_improvement, "TRAINING_MODEL_STORE": str(t.model_store_dir),
+    "LLM_TRAINING_SET": str(lt.examples_path()), "LLM_VALIDATION_FRACTION": lt.fraction(),
+    "LLM_MIN_EXACT_MATCH": lt.gate().min_exact_match, "LLM_MIN_IMPROVEMENT": lt.gate().min_improvement,
     "TRAINING_LAUNCHER": tl.kind, "TRAINING_DEVICE": tl.torch_device,
     "TRAINING_EXECUTOR": defs.get_job_def("fine_tuning").executor_def.name,
     "TRAINING_K8S_IMAGE": tl.image, "TRAINING_K8S_NAMESPACE": tl.namespace,

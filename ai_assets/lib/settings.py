@@ -303,6 +303,12 @@ _ALL = [
     Setting("TRAINING_MIN_ACCURACY", 0.85, _number(0, maximum=1), "a fraction from 0 to 1, e.g. 0.85"),
     Setting("TRAINING_ACCURACY_K", 10, _integer(1, 100), f"{_WHOLE} from 1 to 100", "int"),
     Setting("TRAINING_MIN_IMPROVEMENT", 0.005, _number(-1, maximum=1), "a number, e.g. 0.005 (nDCG@10)"),
+    # Fine-tuning the LLM: its instruction data and its gate
+    # Existence is checked when the run reads it (naming the path), as for RAG_EVAL_SET.
+    Setting("LLM_TRAINING_SET", "", _text, "a .jsonl file of chat messages or prompt/completion pairs"),
+    Setting("LLM_VALIDATION_FRACTION", 0.2, _number(0, exclusive=True, maximum=0.9), "a fraction, e.g. 0.2"),
+    Setting("LLM_MIN_EXACT_MATCH", 0.6, _number(0, maximum=1), "a fraction from 0 to 1, e.g. 0.6"),
+    Setting("LLM_MIN_IMPROVEMENT", 0.01, _number(-1, maximum=1), "a number, e.g. 0.01 (exact match)"),
     # Fine-tuning: where training runs and where models are kept
     Setting("TRAINING_LAUNCHER", "subprocess", _one_of("subprocess", "k8s"), "subprocess or k8s"),
     Setting("TRAINING_DEVICE", "cpu", _device, "cpu, cuda, cuda:N, ...", "str"),

@@ -35,7 +35,7 @@ from ai_assets.resources.io_manager import ParquetTableIOManager
 from ai_assets.resources.llm import LLMResource
 from ai_assets.resources.qdrant import QdrantResource
 from ai_assets.resources.sources import DocumentSourcesResource
-from ai_assets.resources.training import TrainingLauncherResource, TrainingResource
+from ai_assets.resources.training import LlmTrainingResource, TrainingLauncherResource, TrainingResource
 
 __all__ = [
     "ChunkingResource",
@@ -46,6 +46,7 @@ __all__ = [
     "InferenceResource",
     "JudgeResource",
     "LLMResource",
+    "LlmTrainingResource",
     "ParquetTableIOManager",
     "QdrantResource",
     "TrainingLauncherResource",
@@ -110,6 +111,9 @@ def build_resources() -> dict[str, Any]:
             max_attempts=setting_field("OPENAI_MAX_ATTEMPTS"),
             requests_per_minute=setting_field("OPENAI_REQUESTS_PER_MINUTE"),
             tokens_per_minute=setting_field("OPENAI_TOKENS_PER_MINUTE"),
+            # A deployed fine-tuned version of the embedded model is served in its place (see the resource).
+            data_folder=data_folder,
+            model_store=setting_field("TRAINING_MODEL_STORE"),
         ),
         "inference": InferenceResource(
             data_folder=data_folder,
@@ -139,6 +143,14 @@ def build_resources() -> dict[str, Any]:
             min_accuracy=setting_field("TRAINING_MIN_ACCURACY"),
             accuracy_k=setting_field("TRAINING_ACCURACY_K"),
             min_improvement=setting_field("TRAINING_MIN_IMPROVEMENT"),
+            model_store=setting_field("TRAINING_MODEL_STORE"),
+        ),
+        "llm_training": LlmTrainingResource(
+            data_folder=data_folder,
+            training_set=setting_field("LLM_TRAINING_SET"),
+            validation_fraction=setting_field("LLM_VALIDATION_FRACTION"),
+            min_exact_match=setting_field("LLM_MIN_EXACT_MATCH"),
+            min_improvement=setting_field("LLM_MIN_IMPROVEMENT"),
             model_store=setting_field("TRAINING_MODEL_STORE"),
         ),
         "training_launcher": TrainingLauncherResource(

@@ -167,6 +167,7 @@ class LlamaServer:
 
     `command` replaces `python -m llama_cpp.server` (for tests, or a custom llama.cpp-compatible server):
     the model, alias, host, port, context-size and thread options are appended to it either way.
+    `lora_path`: a LoRA adapter in GGUF (a fine-tuned version of the model) applied on top of the model.
     """
 
     def __init__(
@@ -178,8 +179,10 @@ class LlamaServer:
         threads: int = 0,
         startup_timeout_s: float = 180.0,
         command: Sequence[str] = (),
+        lora_path: Path | None = None,
     ):
         self.model_path, self.alias, self.n_ctx, self.threads = model_path, alias, n_ctx, threads
+        self.lora_path = lora_path
         self.startup_timeout_s = startup_timeout_s
         self.command = list(command)
         self.port = 0
@@ -208,6 +211,8 @@ class LlamaServer:
         ]  # fmt: skip
         if self.threads > 0:
             cmd += ["--n_threads", str(self.threads)]
+        if self.lora_path is not None:
+            cmd += ["--lora_path", str(self.lora_path)]
         try:
             self.process = subprocess.Popen(
                 cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent

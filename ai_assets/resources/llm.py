@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from ai_assets.lib import settings
+from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.llama_server import (
     EMBEDDED_MODEL_ALIAS,
     EmbeddedServerDied,
@@ -21,11 +24,31 @@ from ai_assets.resources.llama_server import (
 if TYPE_CHECKING:
     import openai
 
+    from ai_assets.lib.training.registry import Deployment
+
 A = TypeVar("A")
 R = TypeVar("R")
 
 # After the embedded server died: the longest wait for the other requests in flight to settle.
 _SETTLE_S = 10.0
+# The LLM's fine-tuned versions and their registry: this folder of the model store.
+LLM_STORE = "llm"
+# In a version's folder: the LoRA adapter in GGUF, which the embedded server applies to the base model.
+ADAPTER_GGUF = "adapter.gguf"
+
+
+def fine_tuned_llm_name(version: str) -> str:
+    """The model name a fine-tuned version of the embedded LLM answers as (in responses and metadata)."""
+    return f"{EMBEDDED_MODEL_ALIAS}+ft-{version}"
+
+
+def llm_store_dir(model_store: str, data_folder: DataFolderResource | None, *, field: str) -> Path | None:
+    """The LLM's folder in the model store (TRAINING_MODEL_STORE, or `models` in the data folder), or None
+    when neither is given."""
+    if model_store:
+        folder = settings.parse("TRAINING_MODEL_STORE", model_store, field=field)
+        return Path(folder).expanduser().resolve() / LLM_STORE
+    return data_folder.folder("models", LLM_STORE) if data_folder is not None else None
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -37,6 +60,12 @@ class LLMResource(dg.ConfigurableResource):
     unanswered requests are sent again; a second death fails the step with the reason and the fix.
     Retries are the caller's (the SDK's own are off) so that one policy, with Retry-After, governs.
     The API key is never logged nor put in metadata.
+
+    A fine-tuned version deployed for the embedded model (the LLM registry in the model store: `model_store`,
+    TRAINING_MODEL_STORE, or `models` in `data_folder`) is served by the embedded server as a LoRA adapter
+    and answers as `smollm2-135m-instruct+ft-<version>`, so batch inference and RAG answers follow a
+    deployment and a rollback without a setting changing. A remote endpoint is never switched by itself:
+    the deployment records the adapter and the model name to load there (see `deployed_llm`).
     """
 
     base_url: str | None = None
@@ -59,6 +88,9 @@ class LLMResource(dg.ConfigurableResource):
     embedded_command: list[str] = []
     # How often a server that died mid-step is started again before the step fails.
     embedded_max_restarts: int = 1
+    # Where fine-tuned deployments are recorded; neither set (tests, benchmarks) = the base model only.
+    data_folder: DataFolderResource | None = None
+    model_store: str = ""
 
     _server: LlamaServer | None = PrivateAttr(default=None)
     _restarts: int = PrivateAttr(default=0)
@@ -82,9 +114,46 @@ class LLMResource(dg.ConfigurableResource):
     def embedded(self) -> bool:
         return not self.base_url and not self.api_key
 
+    @cached_property
+    def deployment(self) -> Deployment | None:
+        """The fine-tuned version of the embedded model deployed now, if any (read once per resource, i.e.
+        per run, so one run never mixes two versions). None for a remote endpoint."""
+        from ai_assets.lib.training.registry import Registry
+
+        folder = llm_store_dir(self.model_store, self.data_folder, field="LLMResource.model_store")
+        if not self.embedded or folder is None:
+            return None
+        current = Registry(folder).current
+        if current is None or current.version == "base":
+            return None
+        bundled = bundled_gguf_path().name
+        if current.base_model != bundled:
+            dg.get_dagster_logger().warning(
+                f"The deployed fine-tuned LLM {current.version} was trained from {current.base_model}, not from "
+                f"the embedded {bundled}: it is not used"
+            )
+            return None
+        if not (Path(current.model_path) / ADAPTER_GGUF).is_file():
+            raise FileNotFoundError(
+                f"The deployed fine-tuned LLM {current.version} is missing its adapter "
+                f"{Path(current.model_path) / ADAPTER_GGUF}: restore the model store, or roll back "
+                "(README: Fine-tuning the LLM)"
+            )
+        return current
+
+    def lora_path(self) -> Path | None:
+        """The deployed version's LoRA adapter (GGUF) the embedded server applies, or None."""
+        deployed = self.deployment
+        return Path(deployed.model_path) / ADAPTER_GGUF if deployed else None
+
     @property
     def default_model(self) -> str:
-        return self.model or (EMBEDDED_MODEL_ALIAS if self.embedded else "gpt-4o-mini")
+        if self.model:
+            return self.model
+        if not self.embedded:
+            return "gpt-4o-mini"
+        deployed = self.deployment
+        return fine_tuned_llm_name(deployed.version) if deployed else EMBEDDED_MODEL_ALIAS
 
     @property
     def endpoint(self) -> str:
@@ -104,13 +173,17 @@ class LLMResource(dg.ConfigurableResource):
             if report is not None:
                 raise EmbeddedServerDied(report)
         if self.embedded and self._server is None:
+            lora = self.lora_path()
             if log:
-                log.info("Starting the embedded llama.cpp server (SmolLM2-135M-Instruct) on 127.0.0.1")
+                served = f"fine-tuned version {self.deployment.version}" if self.deployment else "the base model"
+                log.info(f"Starting the embedded llama.cpp server (SmolLM2-135M-Instruct, {served}) on 127.0.0.1")
             self._server = LlamaServer(
                 bundled_gguf_path(),
+                alias=self.default_model,
                 n_ctx=self.embedded_n_ctx,
                 threads=self.embedded_threads,
                 command=self.embedded_command,
+                lora_path=lora,
             ).start()
             if log:
                 log.info(f"Embedded LLM ready at {self._server.base_url}")

@@ -21,11 +21,15 @@ import dagster as dg
 from dagster_pipes import PIPES_PROTOCOL_VERSION_FIELD
 
 from ai_assets.lib import settings
-from ai_assets.lib.training.gate import Gate
+from ai_assets.lib.training.gate import Gate, LlmGate
 from ai_assets.lib.training.registry import Registry
 from ai_assets.resources.data_folder import DataFolderResource
+from ai_assets.resources.llm import llm_store_dir
 
 TRAINING_MODULE = "ai_assets.lib.training.train_embeddings"
+LLM_TRAINING_MODULE = "ai_assets.lib.training.train_llm"
+# The instruction set the LLM is fine-tuned on when LLM_TRAINING_SET is unset (see its README).
+BUNDLED_SFT_EXAMPLES = Path(__file__).resolve().parent.parent / "data" / "sft_examples" / "examples.jsonl"
 # Lines of the training process's own output kept for the error when it fails.
 TAIL_LINES = 20
 
@@ -79,6 +83,56 @@ class TrainingResource(dg.ConfigurableResource):
         return Registry(self.model_store_dir)
 
 
+class LlmTrainingResource(dg.ConfigurableResource):
+    """What the LLM is fine-tuned on and must score to be deployed.
+
+    `training_set` (LLM_TRAINING_SET): a JSONL file of `{"messages": [...]}` conversations or
+    `{"prompt", "completion"}` pairs; empty = the bundled example set (`ai_assets/data/sft_examples`).
+    `validation_fraction` (LLM_VALIDATION_FRACTION): the share of prompts held out.
+    The gate: `min_exact_match` (LLM_MIN_EXACT_MATCH) on the validation split, and `min_improvement`
+    (LLM_MIN_IMPROVEMENT) of exact match over the serving model.
+    `model_store` (TRAINING_MODEL_STORE): the models' folder, shared with the embedding model; the LLM's
+    versions and registry are in its `llm` folder.
+    """
+
+    data_folder: DataFolderResource
+    training_set: str = ""
+    validation_fraction: str = "0.2"
+    min_exact_match: str = "0.6"
+    min_improvement: str = "0.01"
+    model_store: str = ""
+
+    def examples_path(self) -> Path:
+        if not self.training_set:
+            return BUNDLED_SFT_EXAMPLES
+        text = settings.parse("LLM_TRAINING_SET", self.training_set, field="LlmTrainingResource.training_set")
+        return Path(text).expanduser().resolve()
+
+    def fraction(self) -> float:
+        return settings.parse(
+            "LLM_VALIDATION_FRACTION", self.validation_fraction, field="LlmTrainingResource.validation_fraction"
+        )
+
+    def gate(self) -> LlmGate:
+        return LlmGate(
+            min_exact_match=settings.parse(
+                "LLM_MIN_EXACT_MATCH", self.min_exact_match, field="LlmTrainingResource.min_exact_match"
+            ),
+            min_improvement=settings.parse(
+                "LLM_MIN_IMPROVEMENT", self.min_improvement, field="LlmTrainingResource.min_improvement"
+            ),
+        )
+
+    @property
+    def model_store_dir(self) -> Path:
+        folder = llm_store_dir(self.model_store, self.data_folder, field="LlmTrainingResource.model_store")
+        assert folder is not None  # a data folder is always given here
+        return folder
+
+    def registry(self) -> Registry:
+        return Registry(self.model_store_dir)
+
+
 class TrainingFailedError(RuntimeError):
     """The training process failed: the cause, and the last lines it wrote."""
 
@@ -89,7 +143,8 @@ def _failure(cause: str, tail: list[str]) -> TrainingFailedError:
 
 
 class TrainingLauncherResource(dg.ConfigurableResource):
-    """Runs the training script (`ai_assets.lib.training.train_embeddings`) through Dagster Pipes.
+    """Runs a training script through Dagster Pipes: `ai_assets.lib.training.train_embeddings` for the
+    embedding model, `ai_assets.lib.training.train_llm` for the LLM.
 
     `launcher` (TRAINING_LAUNCHER): `subprocess` runs it on this machine (or in this step's pod, when the
     k8s executor put the step on a GPU node); `k8s` launches it in a pod of its own with
@@ -122,20 +177,22 @@ class TrainingLauncherResource(dg.ConfigurableResource):
     def torch_device(self) -> str:
         return settings.parse("TRAINING_DEVICE", self.device, field="TrainingLauncherResource.device")
 
-    def command(self) -> list[str]:
-        return [sys.executable if self.kind == "subprocess" else "python", "-m", TRAINING_MODULE]
+    def command(self, module: str = TRAINING_MODULE) -> list[str]:
+        return [sys.executable if self.kind == "subprocess" else "python", "-m", module]
 
-    def run(self, context: dg.AssetExecutionContext, extras: dict[str, Any]) -> dg.PipesClientCompletedInvocation:
-        """Train with `extras` (the script's parameters); raises `TrainingFailedError` with the cause and
-        the process's last lines when it fails."""
+    def run(
+        self, context: dg.AssetExecutionContext, extras: dict[str, Any], module: str = TRAINING_MODULE
+    ) -> dg.PipesClientCompletedInvocation:
+        """Train with the script `module` and `extras` (its parameters); raises `TrainingFailedError` with
+        the cause and the process's last lines when it fails."""
         if self.kind == "k8s":
-            return self._run_k8s(context, extras)
-        return self._run_subprocess(context, extras)
+            return self._run_k8s(context, extras, module)
+        return self._run_subprocess(context, extras, module)
 
     # --- on this machine -------------------------------------------------------------------------
 
     def _run_subprocess(
-        self, context: dg.AssetExecutionContext, extras: dict[str, Any]
+        self, context: dg.AssetExecutionContext, extras: dict[str, Any], module: str
     ) -> dg.PipesClientCompletedInvocation:
         # `dg.PipesSubprocessClient` with the process's output kept: its error says only the exit code,
         # while a failed training's cause is in its last lines (a traceback, an OOM message).
@@ -149,7 +206,7 @@ class TrainingLauncherResource(dg.ConfigurableResource):
         ) as session:
             env = {**os.environ, **session.get_bootstrap_env_vars(), "PYTHONUNBUFFERED": "1"}
             process = subprocess.Popen(
-                self.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+                self.command(module), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
             )
             assert process.stdout is not None
 
@@ -173,7 +230,7 @@ class TrainingLauncherResource(dg.ConfigurableResource):
             reader.join(timeout=10)
             if code != 0:
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-                raise _failure(f"the training process ({' '.join(self.command())}) {how}", list(tail))
+                raise _failure(f"the training process ({' '.join(self.command(module))}) {how}", list(tail))
         return dg.PipesClientCompletedInvocation(session)
 
     # --- on Kubernetes -----------------------------------------------------------------------------
@@ -232,7 +289,9 @@ class TrainingLauncherResource(dg.ConfigurableResource):
         with kubernetes.client.ApiClient(configuration) as api_client:
             yield kubernetes.client.CoreV1Api(api_client)
 
-    def _run_k8s(self, context: dg.AssetExecutionContext, extras: dict[str, Any]) -> dg.PipesClientCompletedInvocation:
+    def _run_k8s(
+        self, context: dg.AssetExecutionContext, extras: dict[str, Any], module: str
+    ) -> dg.PipesClientCompletedInvocation:
         if not self.image:
             raise ValueError("TRAINING_LAUNCHER=k8s needs TRAINING_K8S_IMAGE: the image the training pod runs")
         image = settings.parse("TRAINING_K8S_IMAGE", self.image, field="TrainingLauncherResource.image")
@@ -248,7 +307,7 @@ class TrainingLauncherResource(dg.ConfigurableResource):
                     context=context.op_execution_context,
                     extras=extras,
                     image=image,
-                    command=self.command(),
+                    command=self.command(module),
                     namespace=namespace,
                     env={"PYTHONUNBUFFERED": "1"},
                     base_pod_meta={"labels": {COMPONENT_LABEL: "fine-tuning", LAUNCH_LABEL: launch_id}},

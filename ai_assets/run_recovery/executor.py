@@ -21,6 +21,7 @@ from dagster._core.execution.step_dependency_config import StepDependencyConfig
 from dagster._core.executor.base import Executor
 from dagster._core.executor.init import InitExecutorContext
 
+from ai_assets.lib import settings
 from ai_assets.run_recovery.slots import blocked_by_unjudgeable, pool_entries, sweep
 from ai_assets.run_recovery.workers import HOSTNAME_KEY, PID_KEY, this_process_record
 
@@ -134,3 +135,18 @@ def recovers_pool_slots(executor_def: dg.ExecutorDefinition) -> bool:
 
 multiprocess_executor = with_pool_recovery(dg.multiprocess_executor)
 in_process_executor = with_pool_recovery(dg.in_process_executor)
+
+
+def training_executor() -> dg.ExecutorDefinition:
+    """The fine-tuning jobs' executor: TRAINING_EXECUTOR, read when the code location loads (a job's
+    executor is part of its definition).
+
+    in_process: every step in the run's process, sharing the embedded Qdrant folder and the model (the
+    training itself runs in the launcher's process). k8s: each step in a Kubernetes Job of its own
+    (`dagster_k8s.k8s_job_executor`); the GPU step asks for GPUs through its `dagster-k8s/config` tag,
+    the others stay small. That needs a Qdrant server (QDRANT_URL), which several pods can share."""
+    if settings.value("TRAINING_EXECUTOR") == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return in_process_executor

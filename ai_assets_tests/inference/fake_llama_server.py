@@ -40,6 +40,7 @@ def _options(argv: list[str]) -> argparse.Namespace:
     # What the resource appends, as llama_cpp.server spells it.
     parser.add_argument("--model", required=True)
     parser.add_argument("--model_alias", required=True)
+    parser.add_argument("--lora_path")  # a deployed fine-tune: accepted, not applied
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--n_ctx", type=int)

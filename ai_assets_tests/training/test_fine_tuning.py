@@ -235,7 +235,7 @@ def test_a_killed_training_process_fails_with_its_last_lines_and_deploys_nothing
     script = (
         "import os, signal\nprint('training: step 1/9, loss 2.0', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)"
     )
-    monkeypatch.setattr(TrainingLauncherResource, "command", lambda self: [sys.executable, "-c", script])
+    monkeypatch.setattr(TrainingLauncherResource, "command", lambda self, module="": [sys.executable, "-c", script])
     result = run(training_defs(scifact_slice), "fine_tuning", instance, QUICK_TRAINING)
     assert not result.success and materialized(result) == {"training_dataset"}
     failure = next(e for e in result.all_events if e.is_step_failure)

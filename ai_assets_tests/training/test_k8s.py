@@ -24,6 +24,7 @@ from dagster_k8s.pipes import build_pod_body
 from ai_assets.lib.training.k8s import K8S_CONFIG_TAG, gpu_step_k8s_config
 from ai_assets.resources.training import (
     LAUNCH_LABEL,
+    LLM_TRAINING_MODULE,
     TAIL_LINES,
     TRAINING_MODULE,
     TrainingFailedError,
@@ -70,7 +71,7 @@ def fake_kube(tmp_path: Path) -> Iterator[FakeKube]:
     fake = FakeKube(workdir)
 
     def local_command(argv: list[str]) -> list[str]:
-        if argv == ["python", "-m", TRAINING_MODULE]:
+        if argv in (["python", "-m", TRAINING_MODULE], ["python", "-m", LLM_TRAINING_MODULE]):
             return [sys.executable, str(stub)]
         return default_local_command(argv)
 
@@ -168,6 +169,32 @@ def test_training_pod_runs_and_reports_through_pipes(
     assert fake_kube.pod_names() == []
     [delete] = fake_kube.requests_to("DELETE", r"/pods/")
     assert delete.path == f"/api/v1/namespaces/ml/pods/{pod['metadata']['name']}"
+
+
+@dg.asset
+def trained_llm(context: dg.AssetExecutionContext, training_launcher: TrainingLauncherResource) -> dg.MaterializeResult:
+    """Trains through the launcher, as `fine_tuned_llm` does."""
+    extras = {"mode": "ok", "device": training_launcher.torch_device}
+    return training_launcher.run(context, extras, module=LLM_TRAINING_MODULE).get_materialize_result()
+
+
+@pytest.mark.slow
+def test_the_llm_trainer_runs_in_the_same_kind_of_pod(
+    fake_kube: FakeKube, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    launcher = k8s_launcher(fake_kube, tmp_path)
+    result = dg.materialize([trained_llm], resources={"training_launcher": launcher}, instance=instance)
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("trained_llm")
+    assert materialization.metadata["steps"].value == 30
+    [pod] = fake_kube.created_pods
+    [container] = pod["spec"]["containers"]
+    # The LLM's script, with the GPUs, node pool, tolerations and volumes of the embedding trainer's pod.
+    assert container["command"] == ["python", "-m", LLM_TRAINING_MODULE]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert container["volumeMounts"] == VOLUME_MOUNTS
+    assert pod["spec"]["nodeSelector"] == A100 and pod["spec"]["tolerations"] == GPU_TOLERATIONS
+    assert fake_kube.pod_names() == []
 
 
 @pytest.mark.slow

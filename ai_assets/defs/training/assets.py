@@ -271,7 +271,7 @@ class FineTuneConfig(dg.Config):
     seed: int = 1
 
 
-def _gpu_step_tags() -> dict[str, Any]:
+def gpu_step_tags() -> dict[str, Any]:
     """The GPU step's `dagster-k8s/config` when the job runs step-per-pod (TRAINING_EXECUTOR=k8s). Read
     when the code location loads: op tags are part of the definitions the executor reads."""
     if settings.value("TRAINING_EXECUTOR") != "k8s":
@@ -290,7 +290,7 @@ def _gpu_step_tags() -> dict[str, Any]:
     owners=OWNERS,
     code_version="1",
     pool="gpu",
-    op_tags=_gpu_step_tags(),
+    op_tags=gpu_step_tags(),
 )
 def fine_tuned_model(
     context: dg.AssetExecutionContext,

@@ -1,34 +1,21 @@
-"""When fine-tuning runs: weekly, apart from ingestion; a deployment or a rollback is re-scored at once."""
+"""When fine-tuning the embedding model runs: weekly, apart from ingestion; a deployment or a rollback (of
+the embedding model or of the LLM) is re-scored at once."""
 
 import dagster as dg
 
 # Modules, not their objects: a job imported by name would be collected twice when the folder is autoloaded.
 from ai_assets.defs.evaluation import automation as evaluation_automation
 from ai_assets.defs.ingestion import automation as ingestion_automation
+from ai_assets.defs.training.llm import automation as llm_automation
 from ai_assets.lib import settings
 from ai_assets.run_recovery import executor as run_recovery_executor
-
-
-def _executor() -> dg.ExecutorDefinition:
-    """TRAINING_EXECUTOR, read when the code location loads (a job's executor is part of its definition).
-
-    in_process: every step in the run's process, sharing the embedded Qdrant folder and the model (the
-    training itself runs in the launcher's process). k8s: each step in a Kubernetes Job of its own
-    (`dagster_k8s.k8s_job_executor`); the GPU step asks for GPUs through its `dagster-k8s/config` tag,
-    the others stay small. That needs a Qdrant server (QDRANT_URL), which several pods can share."""
-    if settings.value("TRAINING_EXECUTOR") == "k8s":
-        from dagster_k8s import k8s_job_executor
-
-        return k8s_job_executor
-    return run_recovery_executor.in_process_executor
-
 
 fine_tuning = dg.define_asset_job(
     "fine_tuning",
     selection=dg.AssetSelection.groups("training"),
     description="Fine-tune the embedding model on fresh training data, gate it against the deployed "
     "model and deploy it behind the collection alias when it is better.",
-    executor_def=_executor(),
+    executor_def=run_recovery_executor.training_executor(),
     hooks={ingestion_automation.return_freed_memory_hook},
     tags={"domain": "training"},
 )
@@ -54,19 +41,23 @@ weekly_fine_tune = dg.ScheduleDefinition(
 )
 
 
+# What a run must have materialized for its scores to be stale: a new embedding model or LLM serving.
+_DEPLOYMENTS = (["deployed_model"], ["deployed_llm"])
+
+
 @dg.run_status_sensor(
     name="rescore_after_model_change",
     run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[fine_tuning, rollback_embedding_model],
+    monitored_jobs=[fine_tuning, rollback_embedding_model, llm_automation.llm_fine_tuning, llm_automation.rollback_llm],
     request_job=evaluation_automation.rag_evaluation,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After a fine-tuning run or a rollback succeeds, re-scores the knowledge base "
-    "(rag_quality_metrics) with the embedding model now serving.",
+    description="After a fine-tuning run or a rollback (of the embedding model or the LLM) succeeds, "
+    "re-scores the knowledge base (rag_quality_metrics) with the models now serving.",
 )
 def rescore_after_model_change(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
     materialized = context.instance.get_records_for_run(
         context.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
     ).records
-    if not any(r.event_log_entry.asset_materialization.asset_key.path == ["deployed_model"] for r in materialized):
+    if not any(r.event_log_entry.asset_materialization.asset_key.path in _DEPLOYMENTS for r in materialized):
         return dg.SkipReason("The run changed no deployment")
     return dg.RunRequest(run_key=f"rescore-{context.dagster_run.run_id}")

@@ -21,9 +21,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ai_assets.lib.training.extras import from_extras
 
 __all__ = ["TrainingParams", "check_params", "read_pairs", "train"]
 
@@ -47,11 +49,7 @@ class TrainingParams:
 
     @classmethod
     def from_extras(cls, extras: dict[str, Any]) -> TrainingParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(extras) - known)
-        if unknown:
-            raise ValueError(f"training parameters: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**extras)
+        return from_extras(cls, extras)
 
 
 class TrainingInputError(ValueError):
