@@ -262,8 +262,11 @@ def test_objects_older_than_the_batch_are_frozen_only_while_it_runs(tmp_path: Pa
     gc.freeze()  # a caller's own freeze (e.g. before a fork) is theirs: kept as it is
     try:
         frozen_by_caller = gc.get_freeze_count()
-        assert batch("caller_froze") == [frozen_by_caller] * 6
-        assert gc.get_freeze_count() == frozen_by_caller
+        counts = batch("caller_froze")
+        # Frozen objects that die leave the frozen set, so the count may only shrink a little: never grow
+        # (the batch froze again, taking its own objects) nor drop to nothing (the batch unfroze).
+        assert len(counts) == 6 and frozen_by_caller * 0.99 < min(counts) <= max(counts) <= frozen_by_caller
+        assert frozen_by_caller * 0.99 < gc.get_freeze_count() <= frozen_by_caller
     finally:
         gc.unfreeze()
 
