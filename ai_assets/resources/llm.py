@@ -37,9 +37,18 @@ LLM_STORE = "llm"
 ADAPTER_GGUF = "adapter.gguf"
 
 
+# The registry's version name for the embedded model without an adapter.
+BASE_VERSION = "base"
+
+
 def fine_tuned_llm_name(version: str) -> str:
     """The model name a fine-tuned version of the embedded LLM answers as (in responses and metadata)."""
     return f"{EMBEDDED_MODEL_ALIAS}+ft-{version}"
+
+
+def served_llm_name(version: str) -> str:
+    """The name the embedded server answers as when it serves registry version `version`."""
+    return EMBEDDED_MODEL_ALIAS if version == BASE_VERSION else fine_tuned_llm_name(version)
 
 
 def llm_store_dir(model_store: str, data_folder: DataFolderResource | None, *, field: str) -> Path | None:
@@ -124,7 +133,7 @@ class LLMResource(dg.ConfigurableResource):
         if not self.embedded or folder is None:
             return None
         current = Registry(folder).current
-        if current is None or current.version == "base":
+        if current is None or current.version == BASE_VERSION:
             return None
         bundled = bundled_gguf_path().name
         if current.base_model != bundled:
@@ -153,7 +162,7 @@ class LLMResource(dg.ConfigurableResource):
         if not self.embedded:
             return "gpt-4o-mini"
         deployed = self.deployment
-        return fine_tuned_llm_name(deployed.version) if deployed else EMBEDDED_MODEL_ALIAS
+        return served_llm_name(deployed.version if deployed else BASE_VERSION)
 
     @property
     def endpoint(self) -> str:

@@ -28,12 +28,11 @@ from ai_assets.lib.training.sft_data import (
 from ai_assets.lib.training.train_llm import ADAPTER_DIR, ALL_PROJECTIONS
 from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.llama_server import LlamaServer, bundled_gguf_path
-from ai_assets.resources.llm import ADAPTER_GGUF, LLMResource, fine_tuned_llm_name
+from ai_assets.resources.llm import ADAPTER_GGUF, BASE_VERSION, LLMResource, fine_tuned_llm_name, served_llm_name
 from ai_assets.resources.training import LLM_TRAINING_MODULE, LlmTrainingResource, TrainingLauncherResource
 
 OWNERS = ["team:ml-platform"]
 GROUP = "llm_training"
-BASE = "base"  # the registry's name for the bundled model without an adapter
 
 
 # --- the values passed between the steps -----------------------------------------------------------
@@ -291,8 +290,8 @@ def _served_answers(llm: LLMResource, lora: Path | None, alias: str, examples: l
 def _serving(registry: Registry, base_gguf: str) -> tuple[str, Path | None]:
     """(version, adapter) the embedded model serves now: the registry's current version, or the base."""
     current = registry.current
-    if current is None or current.version == BASE or current.base_model != base_gguf:
-        return BASE, None
+    if current is None or current.version == BASE_VERSION or current.base_model != base_gguf:
+        return BASE_VERSION, None
     return current.version, Path(current.model_path) / ADAPTER_GGUF
 
 
@@ -323,11 +322,15 @@ def llm_evaluation(
     references = [e.answer for e in validation]
     registry = llm_training.registry()
     serving_version, serving_lora = _serving(registry, fine_tuned_llm.base_model)
-    serving_name = fine_tuned_llm_name(serving_version) if serving_lora else "smollm2-135m-instruct"
+    serving_name = served_llm_name(serving_version)
     context.log.info(f"Answering {len(validation)} validation prompts with the serving model ({serving_name})")
     serving_answers = _served_answers(llm, serving_lora, serving_name, validation)
-    context.log.info(f"Answering them with candidate {fine_tuned_llm.version}")
-    candidate_answers = _served_answers(llm, Path(fine_tuned_llm.path) / ADAPTER_GGUF, fine_tuned_llm.name, validation)
+    if serving_version == fine_tuned_llm.version:  # the same adapter: its answers are the ones just given
+        candidate_answers = serving_answers
+    else:
+        context.log.info(f"Answering them with candidate {fine_tuned_llm.version}")
+        candidate_adapter = Path(fine_tuned_llm.path) / ADAPTER_GGUF
+        candidate_answers = _served_answers(llm, candidate_adapter, fine_tuned_llm.name, validation)
     candidate_em = exact_match(candidate_answers, references)
     serving_em = exact_match(serving_answers, references)
     metrics = fine_tuned_llm.metrics
@@ -414,14 +417,14 @@ def deployed_llm(
         version, metadata = _roll_back_llm(context, llm, registry, now)
     else:
         version, metadata = _deploy_llm(context, llm, registry, llm_evaluation, now)
-    served = fine_tuned_llm_name(version) if version != BASE else "smollm2-135m-instruct"
+    served = served_llm_name(version)
     remote = {}
     if not llm.embedded:
         remote = {
             "endpoint": llm.endpoint,
             "remote_note": "not switched: load the adapter on the endpoint and set OPENAI_MODEL to served_model",
         }
-        if version != BASE:
+        if version != BASE_VERSION:
             remote["vllm_lora_module"] = f"{served}={Path(metadata['model_path'].value) / ADAPTER_DIR}"
     return dg.MaterializeResult(
         metadata={
@@ -462,11 +465,12 @@ def _deploy_llm(
             "val_loss": round(report.candidate_val_loss, 5),
         },
         deployed_at=now,
-        previous_version=current.version if current else BASE,
+        previous_version=current.version if current else BASE_VERSION,
     )
     # On the first deployment the version it replaces is the bundled model itself, recorded as such.
     base_gguf = bundled_gguf_path()
-    registry.deploy(deployment, replacing=None if current else Deployment(BASE, str(base_gguf), base_gguf.name, ""))
+    base = Deployment(BASE_VERSION, str(base_gguf), base_gguf.name, "")
+    registry.deploy(deployment, replacing=None if current else base)
     context.log.info(
         f"Deployed LLM adapter {candidate.version} (was {deployment.previous_version}): the embedded server now "
         f"answers as {candidate.name}"
@@ -489,8 +493,8 @@ def _roll_back_llm(
     current, previous = registry.current, registry.previous
     if current is None or previous is None:
         raise RegistryError(f"nothing to roll back to: the LLM registry {registry.path} has no previous deployment")
-    adapter = None if previous.version == BASE else Path(previous.model_path) / ADAPTER_GGUF
-    name = fine_tuned_llm_name(previous.version) if adapter else "smollm2-135m-instruct"
+    adapter = None if previous.version == BASE_VERSION else Path(previous.model_path) / ADAPTER_GGUF
+    name = served_llm_name(previous.version)
     if adapter is not None and not adapter.is_file():
         raise RegistryError(f"cannot roll back to {previous.version}: its adapter {adapter} is missing from the store")
     _check_serves(llm, adapter, name)
