@@ -56,6 +56,7 @@ def test_jobs_schedules_and_sensors_are_the_documented_ones() -> None:
         "rollback_embedding_model",
         "llm_fine_tuning",
         "rollback_llm",
+        "deployment_checks",
     }
     assert schedules == {"nightly_rag_refresh", "daily_rag_evaluation", "weekly_fine_tune", "weekly_llm_fine_tune"}
     assert sensors == {
