@@ -148,16 +148,17 @@ def code_location_loaded(port: int) -> bool:
     return bool(entries) and all(e["loadStatus"] == "LOADED" and e["locationOrLoadError"] for e in entries)
 
 
-@contextmanager
-def webserver(home: Path, env: dict[str, str], *, with_daemon: bool = True, timeout_s: float = 180,
-              log_dir: Path | None = None) -> Iterator[tuple[DagsterProcess, int]]:  # fmt: skip
-    """`dagster dev -w workspace.yaml` (webserver + daemon), or `dagster-webserver` alone; yields it and its port."""
+def start_webserver(home: Path, env: dict[str, str], *, with_daemon: bool = True, timeout_s: float = 180,
+                    log_dir: Path | None = None,
+                    workspace: Path = WORKSPACE) -> tuple[DagsterProcess, int]:  # fmt: skip
+    """Start `dagster dev` (or `dagster-webserver` alone) and return it and its port once its code locations
+    have loaded; the caller stops it. `webserver()` is the same as a context manager."""
     port = free_port()
     log = (log_dir or home) / ("dagster_dev.log" if with_daemon else "webserver.log")
     if with_daemon:
-        args = [str(BIN / "dagster"), "dev", "-w", str(WORKSPACE), "-h", "127.0.0.1", "-p", str(port)]
+        args = [str(BIN / "dagster"), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
     else:
-        args = [str(BIN / "dagster-webserver"), "-w", str(WORKSPACE), "-h", "127.0.0.1", "-p", str(port)]
+        args = [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
     process = DagsterProcess(args, env, log)
     try:
 
@@ -166,6 +167,21 @@ def webserver(home: Path, env: dict[str, str], *, with_daemon: bool = True, time
             return server_info(port) is not None and code_location_loaded(port)
 
         wait_for(ready, f"the webserver on port {port}", timeout_s, 1.0, process.tail)
+    except BaseException:
+        process.stop()
+        raise
+    return process, port
+
+
+@contextmanager
+def webserver(home: Path, env: dict[str, str], *, with_daemon: bool = True, timeout_s: float = 180,
+              log_dir: Path | None = None,
+              workspace: Path = WORKSPACE) -> Iterator[tuple[DagsterProcess, int]]:  # fmt: skip
+    """`dagster dev -w workspace.yaml` (webserver + daemon), or `dagster-webserver` alone; yields it and its port."""
+    process, port = start_webserver(
+        home, env, with_daemon=with_daemon, timeout_s=timeout_s, log_dir=log_dir, workspace=workspace
+    )
+    try:
         yield process, port
     finally:
         process.stop()
@@ -179,12 +195,12 @@ print(min((beats[kind].timestamp if kind in beats else 0) for kind in instance.g
 """
 
 
-@contextmanager
-def daemon(home: Path, env: dict[str, str], *, timeout_s: float = 180,
-           log_dir: Path | None = None) -> Iterator[DagsterProcess]:  # fmt: skip
-    """`dagster-daemon run -w workspace.yaml`; yields once every required daemon has sent a heartbeat."""
+def start_daemon(home: Path, env: dict[str, str], *, timeout_s: float = 180, log_dir: Path | None = None,
+                 workspace: Path = WORKSPACE) -> DagsterProcess:  # fmt: skip
+    """Start `dagster-daemon run -w workspace.yaml` and return it once every required daemon has sent a
+    heartbeat; the caller stops it. `daemon()` is the same as a context manager."""
     process = DagsterProcess(
-        [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)], env, (log_dir or home) / "daemon.log"
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], env, (log_dir or home) / "daemon.log"
     )
     try:
         started = time.time()
@@ -197,6 +213,18 @@ def daemon(home: Path, env: dict[str, str], *, timeout_s: float = 180,
             return check.returncode == 0 and float(check.stdout.strip() or 0) > started
 
         wait_for(healthy, "the daemon's heartbeats", timeout_s, 2.0, process.tail)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@contextmanager
+def daemon(home: Path, env: dict[str, str], *, timeout_s: float = 180, log_dir: Path | None = None,
+           workspace: Path = WORKSPACE) -> Iterator[DagsterProcess]:  # fmt: skip
+    """`dagster-daemon run -w workspace.yaml`; yields once every required daemon has sent a heartbeat."""
+    process = start_daemon(home, env, timeout_s=timeout_s, log_dir=log_dir, workspace=workspace)
+    try:
         yield process
     finally:
         process.stop()

@@ -86,3 +86,17 @@ def test_every_job_recovers_the_pool_slots_of_dead_runs(repository: dg.Repositor
     jobs = repository.get_all_jobs()
     assert {"rag_ingestion", "batch_inference", "rag_evaluation"} <= {job.name for job in jobs}
     assert [job.name for job in jobs if not recovers_pool_slots(job.executor_def)] == []
+
+
+def test_run_monitoring_can_check_this_code_location_s_workers(home: Path) -> None:
+    from dagster._core.launcher.base import WorkerStatus
+
+    from ai_assets.run_recovery.launcher import WorkerCheckingRunLauncher
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        launcher = instance.run_launcher
+        assert isinstance(launcher, WorkerCheckingRunLauncher) and launcher.supports_check_run_worker_health
+        # Run monitoring fails every run whose worker is not reported RUNNING: a run that has not
+        # recorded its worker yet (or ran elsewhere) cannot be judged, and must be left alone.
+        run = instance.create_run_for_job(dg.GraphDefinition("nothing").to_job())
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING

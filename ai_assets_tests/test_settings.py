@@ -23,7 +23,7 @@ from ai_assets_tests.corpora import REPO_ROOT
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 SECRETS = {"QDRANT_API_KEY", "OPENAI_API_KEY", "RAGAS_JUDGE_API_KEY"}
 # Variables the README names that are not settings of this code location.
-NOT_SETTINGS = {"RAGAS_DO_NOT_TRACK", "DAGSTER_HOME", "DAGSTER_POSTGRES_URL"}
+NOT_SETTINGS = {"RAGAS_DO_NOT_TRACK", "DAGSTER_HOME", "AI_ASSETS_SCREENSHOTS"}
 PREFIXES = (
     "AI_ASSETS_",
     "HTTP_",
