@@ -19,7 +19,6 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,12 +45,6 @@ def bin_dir(root: Path = PACKAGE_ROOT) -> Path:
 
 def _major(name: str) -> int:
     return int(name) if name.isdigit() else -1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _as_server_user() -> list[str]:

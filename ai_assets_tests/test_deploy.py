@@ -20,10 +20,8 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from ai_assets.lib.training.k8s import gpu_step_k8s_config
 from ai_assets.resources import build_resources
 from ai_assets.resources.training import TRAINING_MODULE, TrainingLauncherResource
 from ai_assets.run_recovery.executor import multiprocess_executor
+from ai_assets_tests.dagster_processes import free_port, wait_for
 from ai_assets_tests.training.fake_kube import FakeKube
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -390,17 +389,11 @@ def test_the_charts_command_is_the_images() -> None:
     assert (VENV_BIN / image_cmd()[0]).is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_image_command_serves_the_code_location_to_the_charts_probe(tmp_path: Path) -> None:
     # The CMD with the image's environment (offline hub), on a free port; then the chart's readiness
     # probe, `dagster api grpc-health-check -p PORT`, until the code location has loaded.
-    port = _free_port()
+    port = free_port()
     argv = image_cmd()
     argv[argv.index("-p") + 1] = str(port)
     env = {
@@ -415,20 +408,22 @@ def test_the_image_command_serves_the_code_location_to_the_charts_probe(tmp_path
     with log.open("wb") as out:
         server = subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 150
-        while True:
-            probe = subprocess.run(
-                [str(VENV_BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            if probe.returncode == 0:
-                break
+        probes: list[subprocess.CompletedProcess[str]] = []
+
+        def healthy() -> bool:
             assert server.poll() is None, f"the code server exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"not healthy after 150 s: {probe.stderr[-500:]}"
-            time.sleep(1)
+            probes.append(
+                subprocess.run(
+                    [str(VENV_BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            )
+            return probes[-1].returncode == 0
+
+        wait_for(healthy, "the chart's readiness probe", 150, 1.0, lambda: probes[-1].stderr[-500:] if probes else "")
     finally:
         server.terminate()
         try:
@@ -644,13 +639,8 @@ def test_a_run_launched_by_the_k8s_run_launcher_succeeds(fake_kube: FakeKube, tm
         run = instance.create_run_for_job(job_def=job, job_code_origin=run_origin("ai-assets:test"))
         # The K8sRunLauncher reads only the run: no workspace is needed to launch it.
         instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
-        deadline = time.monotonic() + 150
-        while (status := instance.get_run_by_id(run.run_id).status) not in (
-            dg.DagsterRunStatus.SUCCESS,
-            dg.DagsterRunStatus.FAILURE,
-        ):
-            assert time.monotonic() < deadline, f"the run is still {status} after 150 s"
-            time.sleep(0.5)
+        ended = wait_for(lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r, "the run to end", 150)
+        status = ended.status
         messages = [record.user_message for record in instance.all_logs(run.run_id)]
         assert status == dg.DagsterRunStatus.SUCCESS, "\n".join(messages[-20:])
         [materialization] = [
@@ -661,9 +651,14 @@ def test_a_run_launched_by_the_k8s_run_launcher_succeeds(fake_kube: FakeKube, tm
         # Run monitoring asks the launcher about the worker: the Job counts its pod succeeded once the
         # process has exited (moments after the run's last event).
         launcher = instance.run_launcher
-        while (health := launcher.check_run_worker_health(instance.get_run_by_id(run.run_id))).status.name == "RUNNING":
-            assert time.monotonic() < deadline, "the run pod still runs after 150 s"
-            time.sleep(0.5)
+        health = wait_for(
+            lambda: (
+                (h := launcher.check_run_worker_health(instance.get_run_by_id(run.run_id))).status.name != "RUNNING"
+                and h
+            ),
+            "the run pod to end",
+            150,
+        )
         assert health.status.name == "SUCCESS", health.msg
         # The step claimed its slot in the `gpu` pool, one slot by the values' default limit.
         assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1

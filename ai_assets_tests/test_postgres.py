@@ -30,7 +30,7 @@ from dagster._core.scheduler.instigation import InstigatorTick, InstigatorType, 
 
 from ai_assets_tests import postgres
 from ai_assets_tests.corpora import REPO_ROOT, scifact_records, write_markdown_corpus
-from ai_assets_tests.dagster_processes import DagsterProcess, make_dagster_home, process_env, wait_for
+from ai_assets_tests.dagster_processes import DagsterProcess, free_port, make_dagster_home, process_env, wait_for
 
 BIN = Path(sys.executable).parent
 PRODUCTION_CONFIG = REPO_ROOT / "deploy" / "dagster.postgres.yaml"
@@ -71,7 +71,7 @@ def server() -> Iterator[postgres.PostgresServer]:
     """One server for the session. Its folder is a fresh one under /tmp, not pytest's tmp_path: as root
     the server runs as `postgres`, which cannot enter root's private pytest folders."""
     folder = Path(tempfile.mkdtemp(prefix="ai_assets_pg_"))
-    pg = postgres.PostgresServer(folder, postgres.free_port())
+    pg = postgres.PostgresServer(folder, free_port())
     try:
         pg.init()
         pg.start()
@@ -235,8 +235,8 @@ def test_wrong_password_at_start_names_user_and_password(pg_home: PgHome) -> Non
 
 
 def test_unreachable_server_at_start_names_host_and_port(pg_home: PgHome) -> None:
-    env = {**pg_home.env, "DAGSTER_PG_PORT": str(postgres.free_port())}  # nothing listens there
-    result = subprocess.run([str(BIN / "dagster"), "dev", "-m", __name__, "-p", str(postgres.free_port())], env=env,
+    env = {**pg_home.env, "DAGSTER_PG_PORT": str(free_port())}  # nothing listens there
+    result = subprocess.run([str(BIN / "dagster"), "dev", "-m", __name__, "-p", str(free_port())], env=env,
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)  # fmt: skip
     message = last_line(result)
     assert result.returncode != 0, message
@@ -333,7 +333,7 @@ def test_daemon_keeps_ticking_after_a_database_outage(pg_home: PgHome) -> None:
 def test_dev_command_starts_a_server_the_production_config_uses(tmp_path: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="ai_assets_pg_cli_"))
     command = [sys.executable, "-m", "ai_assets_tests.postgres"]
-    port = str(postgres.free_port())
+    port = str(free_port())
     try:
         started = subprocess.run([*command, "start", "--dir", str(folder), "--port", port], cwd=REPO_ROOT,
                                  capture_output=True, text=True, timeout=120)  # fmt: skip

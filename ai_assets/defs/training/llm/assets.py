@@ -25,7 +25,7 @@ from ai_assets.lib.training.sft_data import (
     read_sft_jsonl,
     split,
 )
-from ai_assets.lib.training.train_llm import ADAPTER_DIR, ALL_PROJECTIONS
+from ai_assets.lib.training.train_llm import ADAPTER_DIR, ALL_PROJECTIONS, LlmTrainingParams
 from ai_assets.resources.data_folder import DataFolderResource
 from ai_assets.resources.llama_server import LlamaServer, bundled_gguf_path
 from ai_assets.resources.llm import ADAPTER_GGUF, BASE_VERSION, LLMResource, fine_tuned_llm_name, served_llm_name
@@ -150,16 +150,17 @@ class LlmFineTuneConfig(dg.Config):
     120 steps of 4 at 5e-4 (about 3.5 passes over the bundled set, ~4.5 min on 2 CPU cores) took its
     held-out exact match from 0.0 to 0.85 (`bench/llm_finetune.py`)."""
 
-    max_steps: int = 120
-    batch_size: int = 4
-    learning_rate: float = 5e-4
-    warmup_fraction: float = 0.1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    # The training script's own defaults, so a direct run of the script and a job run train alike.
+    max_steps: int = LlmTrainingParams.max_steps
+    batch_size: int = LlmTrainingParams.batch_size
+    learning_rate: float = LlmTrainingParams.learning_rate
+    warmup_fraction: float = LlmTrainingParams.warmup_fraction
+    lora_r: int = LlmTrainingParams.lora_r
+    lora_alpha: int = LlmTrainingParams.lora_alpha
+    lora_dropout: float = LlmTrainingParams.lora_dropout
     target_modules: list[str] = list(ALL_PROJECTIONS)
-    max_seq_len: int = 512
-    seed: int = 1
+    max_seq_len: int = LlmTrainingParams.max_seq_len
+    seed: int = LlmTrainingParams.seed
     # Also write base + adapter merged into one transformers model (bf16, ~270 MB for SmolLM2-135M): for
     # servers that take a merged model rather than an adapter.
     write_merged: bool = False
