@@ -395,6 +395,43 @@ def test_inbox_sensor_launches_one_run_per_new_file(deployment: Deployment) -> N
         assert len(deployment.runs("batch_inference", **{"dagster/partition": name})) == 1
 
 
+def materializations(deployment: Deployment, partition: str) -> list:
+    records = deployment.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("inference_outputs"), asset_partitions=[partition]), limit=10
+    ).records
+    return list(records)
+
+
+def test_a_batch_api_file_is_submitted_then_collected_by_the_batch_sensor(
+    deployment: Deployment, openai_server: FakeOpenAIServer
+) -> None:
+    name = f"daemon-{os.getpid()}-cheap.jsonl"
+    ids = [f"{name}-{i}" for i in range(4)]
+    (deployment.inbox / f"{name}.mode").write_text("batch_api\n")  # the file's own choice, before the file
+    _write_jsonl(deployment.inbox / name, [{"id": i, "prompt": f"[id:{i}] Say it"} for i in ids])
+
+    # inference_inbox_sensor's run uploads the file as a batch and ends without materializing.
+    (first,) = deployment.wait(
+        lambda: deployment.runs("batch_inference", **{"dagster/partition": name}), "the inbox sensor's run", 90
+    )
+    deployment.finished(first.run_id)
+    (batch,) = [b for b in openai_server.batches.values() if b.metadata.get("ai_assets_partition") == name]
+    assert batch.custom_ids == ids
+    assert not materializations(deployment, name)
+
+    # inference_batch_sensor finds the batch done and requests the run that collects it.
+    sensor = {"dagster/sensor_name": "inference_batch_sensor", "dagster/partition": name}
+    (second,) = deployment.wait(lambda: deployment.runs("batch_inference", **sensor), "the batch sensor's run", 150)
+    deployment.finished(second.run_id)
+    answers = [json.loads(line) for line in (deployment.outputs / f"{name}.outputs.jsonl").read_text().splitlines()]
+    assert [a["id"] for a in answers] == ids and {a["batch_id"] for a in answers} == {batch.id}
+    (record,) = materializations(deployment, name)
+    assert record.run_id == second.run_id
+    metadata = record.asset_materialization.metadata
+    assert metadata["mode"].value == "batch_api" and metadata["succeeded"].value == 4
+    assert openai_server.batch_requests_for(ids[0]) == 1
+
+
 def test_source_change_sensor_skips_unchanged_sources_and_runs_on_a_change(deployment: Deployment) -> None:
     sensor = "source_change_sensor"
     # The first evaluation records the sources' state; a later one, with nothing changed, skips.

@@ -62,6 +62,7 @@ def test_jobs_schedules_and_sensors_are_the_documented_ones() -> None:
     assert sensors == {
         "source_change_sensor",
         "inference_inbox_sensor",
+        "inference_batch_sensor",
         "rag_quality_automation",
         "rescore_after_model_change",
     }

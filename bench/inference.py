@@ -26,6 +26,15 @@ Figures, printed as `key: value` lines:
   client_overhead_ms_per_item zero injected latency: our engine's wall ms per item (client + server)
   server_only_ms_per_item     zero latency, a minimal raw-socket HTTP client: the server's own share
   engine_only_ms_per_item     run_batch with a no-op call (queue, bookkeeping, ledger writes only)
+
+Batch API mode (`batch_pass`, the fake Batch API in this process, completing batches at once):
+  batch_api_overhead_s        from the first pass to the ledger holding every item: upload, create,
+                              status, download, one ledger row per item (no failures)
+  batch_api_ms_per_item       the same per item
+  batch_api_vs_sync_overhead  batch_api_overhead_s ÷ the sync engine's zero-latency wall time, same run
+  failed_in_first_round       items scripted to fail once with a 500 (every 20th)
+  resubmitted_items           items the second round sent again: must equal failed_in_first_round
+  batch_rounds                rounds it took (2: the failures went again once)
 """
 
 from __future__ import annotations
@@ -315,6 +324,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
             await warm_up_connections(client, cap)
             items = make_items(n, "zero")
             elapsed, _ = await run_ours(items, call, cap, work, "zero")
+            sync_zero_s = elapsed
         emit("client_overhead_ms_per_item", 1000 * elapsed / n)
         host, port = server.base_url.split("//")[1].split("/")[0].split(":")
         raw_s = await raw_client(host, int(port), make_items(n, "raw"), cap)
@@ -326,6 +336,63 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
 
     elapsed, _ = await run_ours(make_items(n, "noop"), noop, cap, work, "noop")
     emit("engine_only_ms_per_item", 1000 * elapsed / n)
+
+    bench_batch_api(n, work, sync_zero_s)
+
+
+def bench_batch_api(n: int, work: Path, sync_zero_s: float) -> None:
+    """batch_api mode end to end against the fake Batch API (instant completion), then a partial failure."""
+    import dataclasses
+
+    import openai
+
+    from ai_assets.lib.llm.batch_api import BatchJournal, BatchOptions, batch_pass
+    from ai_assets.lib.llm.ledger import ResultLedger
+    from ai_assets_tests.inference.openai_server import FakeOpenAIServer
+
+    def passes(client: openai.OpenAI, items: list, name: str) -> tuple[float, int, int, int]:
+        ledger_path = work / f"{name}.ledger.jsonl"
+        journal = BatchJournal.beside(ledger_path)
+        options = BatchOptions(partition=f"{name}.jsonl", input_digest="0" * 64, default_model="bench-model")
+        resubmitted = rounds = 0
+        started = time.perf_counter()
+        with ResultLedger(ledger_path) as ledger:
+            while True:
+                result = batch_pass(client, items, ledger, journal, options)
+                resubmitted += result.resubmitted_items
+                rounds = result.rounds
+                if result.finished:
+                    break
+            elapsed = time.perf_counter() - started
+            rows = ledger.load()
+        assert len(rows) == len(items) and all(rows[i.id].succeeded for i in items), "batch_api lost an item"
+        failed_first = sum(1 for row in rows.values() if row.attempts == 2)
+        return elapsed, resubmitted, rounds, failed_first
+
+    with FakeOpenAIServer() as server, openai.OpenAI(base_url=server.base_url, api_key="bench") as client:
+        elapsed, _, _, _ = passes(client, make_items(n, "batch"), "clean")
+        emit("batch_api_overhead_s", elapsed)
+        emit("batch_api_ms_per_item", 1000 * elapsed / n)
+        emit("batch_api_vs_sync_overhead", elapsed / sync_zero_s)
+        items = make_items(n, "partial")
+        # Every 20th item's first attempt fails with a 500: round 2 must send exactly those again.
+        items = [
+            dataclasses.replace(
+                item,
+                messages=(
+                    item.messages[0],
+                    {**item.messages[1], "content": item.messages[1]["content"] + " [fail:500:1]"},
+                ),
+            )
+            if i % 20 == 0
+            else item
+            for i, item in enumerate(items)
+        ]
+        _, resubmitted, rounds, failed_first = passes(client, items, "partial")
+        emit("failed_in_first_round", failed_first)
+        emit("resubmitted_items", resubmitted)
+        emit("resubmitted_equals_failed", resubmitted == failed_first == len(range(0, n, 20)))
+        emit("batch_rounds", rounds)
 
 
 def main() -> None:

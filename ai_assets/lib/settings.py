@@ -283,6 +283,9 @@ _ALL = [
     Setting("INFERENCE_MAX_PROMPT_CHARS", 200_000, _integer(1), f"{_WHOLE} >= 1", "int"),
     Setting("INFERENCE_MAX_ERROR_RATE", 0.01, _number(0, maximum=1), "a fraction from 0 to 1, e.g. 0.01"),
     Setting("AI_ASSETS_INFERENCE_INBOX", None, _folder, "a folder (created when missing)"),
+    Setting("INFERENCE_MODE", "sync", _one_of("sync", "batch_api"), "sync or batch_api", "str"),
+    Setting("INFERENCE_BATCH_MAX_ROUNDS", 3, _integer(1), f"{_WHOLE} of rounds >= 1", "int"),
+    Setting("INFERENCE_BATCH_DISCOUNT", 0.5, _number(0, maximum=1), "a fraction from 0 to 1, e.g. 0.5"),
     # RAG evaluation
     # Existence is checked when the evaluation runs (naming the path): a missing evaluation set must not
     # stop the whole code location, ingestion included, from loading.

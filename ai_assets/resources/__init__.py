@@ -120,6 +120,9 @@ def build_resources() -> dict[str, Any]:
             inbox=setting_field("AI_ASSETS_INFERENCE_INBOX"),
             max_prompt_chars=setting_field("INFERENCE_MAX_PROMPT_CHARS"),
             max_error_rate=setting_field("INFERENCE_MAX_ERROR_RATE"),
+            mode=setting_field("INFERENCE_MODE"),
+            batch_max_rounds=setting_field("INFERENCE_BATCH_MAX_ROUNDS"),
+            batch_discount=setting_field("INFERENCE_BATCH_DISCOUNT"),
         ),
         "evaluation": EvaluationResource(
             eval_set=setting_field("RAG_EVAL_SET"),

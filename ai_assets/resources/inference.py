@@ -17,7 +17,11 @@ class InferenceResource(dg.ConfigurableResource):
     `inbox` (AI_ASSETS_INFERENCE_INBOX): the folder the inbox sensor watches; empty = `inference/inbox`
     in the data folder, which also holds the ledgers and outputs. `max_prompt_chars`
     (INFERENCE_MAX_PROMPT_CHARS): the longest prompt a line may hold (a run may lower or raise it).
-    `max_error_rate` (INFERENCE_MAX_ERROR_RATE): the error rate the check tolerates.
+    `max_error_rate` (INFERENCE_MAX_ERROR_RATE): the error rate the check tolerates. `mode`
+    (INFERENCE_MODE): `sync` or `batch_api` for a file that does not choose (see `mode_for`);
+    `batch_max_rounds` (INFERENCE_BATCH_MAX_ROUNDS): batch_api rounds, the first included, before a
+    failure is the answer; `batch_discount` (INFERENCE_BATCH_DISCOUNT): the Batch API's price cut, for
+    the cost metadata.
     """
 
     data_folder: DataFolderResource
@@ -25,6 +29,9 @@ class InferenceResource(dg.ConfigurableResource):
     max_prompt_chars: int = 200_000
     # Text, parsed when the check uses it: Dagster has no environment-variable source for floats.
     max_error_rate: str = "0.01"
+    mode: str = "sync"
+    batch_max_rounds: int = 3
+    batch_discount: str = "0.5"
 
     def folders(self) -> InferenceFolders:
         """The inbox, ledgers and outputs folders, resolved in the calling process."""
@@ -33,6 +40,12 @@ class InferenceResource(dg.ConfigurableResource):
 
     def error_rate_threshold(self) -> float:
         return settings.parse("INFERENCE_MAX_ERROR_RATE", self.max_error_rate, field="InferenceResource.max_error_rate")
+
+    def default_mode(self) -> str:
+        return settings.parse("INFERENCE_MODE", self.mode, field="InferenceResource.mode")
+
+    def discount(self) -> float:
+        return settings.parse("INFERENCE_BATCH_DISCOUNT", self.batch_discount, field="InferenceResource.batch_discount")
 
 
 def folders_from_environment() -> InferenceFolders:

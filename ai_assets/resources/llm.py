@@ -225,6 +225,33 @@ class LLMResource(dg.ConfigurableResource):
         client.project = self.project or None
         return client
 
+    def batch_client(self) -> openai.OpenAI:
+        """A client of the endpoint's Batch and Files APIs (`INFERENCE_MODE=batch_api`); the caller closes it.
+
+        The SDK's own retries (with backoff) cover these few control calls; `batch_api` turns them off for
+        `batches.create`, which must never run twice. Raises ValueError for the embedded llama.cpp server,
+        which has no Batch API.
+        """
+        import openai
+
+        if self.embedded:
+            raise ValueError(
+                "mode batch_api needs an endpoint with a Batch API (OpenAI, Azure OpenAI, or another compatible "
+                "one): set OPENAI_BASE_URL and OPENAI_API_KEY. The embedded llama.cpp server answers in sync "
+                "mode only"
+            )
+        client = openai.OpenAI(
+            base_url=self.base_url or "https://api.openai.com/v1",
+            api_key=self.api_key or "not-needed",
+            organization=self.organization or None,
+            project=self.project or None,
+            timeout=self.timeout,
+            max_retries=3,
+        )
+        client.organization = self.organization or None
+        client.project = self.project or None
+        return client
+
     def guard(self, call: Callable[[A], Awaitable[R]]) -> Callable[[A], Awaitable[R]]:
         """`call`, except that a failure while the embedded server is dead raises `EmbeddedServerDied`
         (an `AbortBatch`: `run_batch` stops at once instead of retrying a dead server). Unchanged for a

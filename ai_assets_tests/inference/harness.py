@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
 import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_files, inference_outputs
@@ -29,3 +37,24 @@ def error_text(result: dg.ExecuteInProcessResult) -> str:
         parts.append(error.message)
         error = error.cause
     return "\n".join(parts)
+
+
+def submit_and_kill_when(
+    source: Path, env: Mapping[str, str], done: Callable[[], bool], timeout_s: float = 120
+) -> None:
+    """`python -m ai_assets.lib.inference.submit SOURCE --run` in a new process group with `env`, SIGKILLed
+    (the whole group: the CLI and the run it launched) as soon as `done()` holds, or after `timeout_s`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ai_assets.lib.inference.submit", str(source), "--run"],
+        env=dict(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not done():
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

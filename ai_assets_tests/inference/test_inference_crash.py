@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +11,7 @@ import dagster as dg
 from ai_assets.defs.inference.assets import inference_outputs
 from ai_assets.lib.inference.files import file_digest, read_outputs
 from ai_assets.resources.llm import LLMResource
+from ai_assets_tests.inference.harness import submit_and_kill_when
 from ai_assets_tests.inference.openai_server import FakeOpenAIServer
 from ai_assets_tests.resources import inference_folders, settings_resources
 
@@ -37,20 +34,7 @@ def test_sigkill_mid_batch_then_rerun(
             "OPENAI_API_KEY": "test",
             "OPENAI_MAX_IN_FLIGHT": "4",
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ai_assets.lib.inference.submit", str(source), "--run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline and proc.poll() is None and server.total_requests < 24:
-                time.sleep(0.02)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        submit_and_kill_when(source, env, lambda: server.total_requests >= 24)
         assert 24 <= server.total_requests < 80, "the batch was not killed part-way"
 
         ledger = inference_folders().ledger_path("night.jsonl", file_digest(inbox / "night.jsonl"))

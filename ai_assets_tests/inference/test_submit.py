@@ -126,3 +126,17 @@ def test_submit_validates_with_the_deployed_prompt_limit(
     done = submit(requests_file(tmp_path / "long.jsonl", "short", "x" * 60), instance)
     assert [problem.location.rsplit(":", 1)[1] for problem in done.validated.problems] == ["2"]
     assert "50" in str(done.validated.problems[0])
+
+
+def test_mode_is_written_beside_the_file_before_it(
+    tmp_path: Path, inbox: Path, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = requests_file(tmp_path / "cheap.jsonl", "hello")
+    assert main([str(source), "--mode", "batch_api"]) == 0
+    assert (inbox / "cheap.jsonl.mode").read_text() == "batch_api\n"
+    assert sorted(p.name for p in inbox.iterdir()) == ["cheap.jsonl", "cheap.jsonl.mode"]
+    assert main([str(source), "--mode", "sync"]) == 0  # same content: only the choice changes
+    assert (inbox / "cheap.jsonl.mode").read_text() == "sync\n"
+    with pytest.raises(SystemExit):
+        main([str(source), "--mode", "cheap"])
+    assert "invalid choice: 'cheap'" in capsys.readouterr().err

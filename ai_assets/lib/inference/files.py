@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from ai_assets.lib.llm.items import OutputRow
 
@@ -152,14 +154,35 @@ class InferenceFolders:
         return _inside(self.outputs, name, partition_key, "output file")
 
 
-def write_outputs(path: Path, rows: Iterable[OutputRow]) -> int:
-    """Replace the output file atomically: readers see the old file or the complete new one."""
+# The formats `write_outputs` can write: "rows", one `OutputRow` as a JSON object per line (everything
+# recorded), or "batch", the output format of the OpenAI Batch API (one result line per row).
+ROWS_OUTPUT = "rows"
+BATCH_OUTPUT = "batch"
+OUTPUT_FORMATS = (ROWS_OUTPUT, BATCH_OUTPUT)
+
+_ROW_FIELDS = frozenset(f.name for f in fields(OutputRow))
+# `OutputRow.error` as `Failure.describe` writes it: `kind (HTTP status): message` or `kind: message`.
+_ERROR = re.compile(r"(?P<kind>[^\s:()]+)(?: \(HTTP (?P<status>\d+)\))?: (?P<message>.*)", re.DOTALL)
+
+
+def write_outputs(path: Path, rows: Iterable[OutputRow], *, output_format: str = ROWS_OUTPUT) -> int:
+    """Replace the output file atomically: readers see the old file or the complete new one.
+
+    `output_format` is one of `OUTPUT_FORMATS`: "rows" writes each `OutputRow` whole; "batch" writes
+    the OpenAI Batch API output format (see `batch_output_line`), in the order of `rows`. Raises
+    ValueError for any other format, before anything is written. Returns the number of lines written.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"output_format must be one of {', '.join(repr(f) for f in OUTPUT_FORMATS)} (got {output_format!r})"
+        )
+    encode = asdict if output_format == ROWS_OUTPUT else batch_output_line
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     count = 0
     with tmp.open("w") as f:
         for row in rows:
-            f.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+            f.write(json.dumps(encode(row), ensure_ascii=False) + "\n")
             count += 1
         f.flush()
         os.fsync(f.fileno())
@@ -167,6 +190,119 @@ def write_outputs(path: Path, rows: Iterable[OutputRow]) -> int:
     return count
 
 
+def batch_request_id(custom_id: str) -> str:
+    """The `id` of a batch output line for a row without a `request_id`: stable, from the custom_id."""
+    digest = hashlib.sha256(custom_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return "batch_req_" + digest[:24]
+
+
+def batch_output_line(row: OutputRow) -> dict[str, Any]:
+    """One line of the OpenAI Batch API output format for `row`.
+
+    A success carries a chat completion rebuilt from what the ledger records (the answer, model,
+    finish reason, token counts and request id; `created` is 0, as the time is not recorded). A
+    failure with an HTTP status (`kind (HTTP 500): message`) is an error response with that status;
+    one without (`kind: message`) is a line-level `error` with the kind as its code; an error in no
+    such form is a line-level `error` whose code is null and whose message is the whole text. Latency,
+    attempts, metadata and batch id have no place in the format and are not written; nor are model,
+    finish reason and tokens of a failure.
+    """
+    line_id = row.request_id or batch_request_id(row.id)
+    if row.succeeded:
+        usage = {
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "total_tokens": row.prompt_tokens + row.completion_tokens,
+        }
+        body = {
+            "id": row.request_id,
+            "object": "chat.completion",
+            "created": 0,
+            "model": row.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": row.output},
+                    "finish_reason": row.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+        }
+        response: dict[str, Any] | None = {"status_code": 200, "request_id": row.request_id, "body": body}
+        error: dict[str, Any] | None = None
+    else:
+        match = _ERROR.fullmatch(row.error or "")
+        if match is None:
+            response, error = None, {"code": None, "message": row.error}
+        elif match["status"] is not None:
+            detail = {"message": match["message"], "type": match["kind"], "param": None, "code": None}
+            response = {"status_code": int(match["status"]), "request_id": row.request_id, "body": {"error": detail}}
+            error = None
+        else:
+            response, error = None, {"code": match["kind"], "message": match["message"]}
+    return {"id": line_id, "custom_id": row.id, "response": response, "error": error}
+
+
 def read_outputs(path: Path) -> list[OutputRow]:
+    """The rows of an output file in either format, decided per line: a line with `custom_id` is a
+    Batch API output line (see `row_from_batch_output`), any other is an `OutputRow` whose unknown
+    keys (a newer writer) are dropped. Raises ValueError naming `path:LINE` for a line that is neither."""
+    rows = []
     with path.open() as f:
-        return [OutputRow(**json.loads(line)) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            if isinstance(obj, dict) and "custom_id" in obj:
+                rows.append(row_from_batch_output(obj))
+            elif isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                rows.append(OutputRow(**{k: v for k, v in obj.items() if k in _ROW_FIELDS}))
+            else:
+                raise ValueError(f"{path}:{number}: expected an output row or a batch output line")
+    return rows
+
+
+def row_from_batch_output(line: dict[str, Any]) -> OutputRow:
+    """The `OutputRow` of one Batch API output line, the inverse of `batch_output_line`.
+
+    The error is rebuilt as `kind (HTTP status): message` or `kind: message`, so `succeeded` and the
+    error kind survive a round trip. `request_id` is the line's `id` unless that is the one
+    `batch_request_id` made up for a row without one. Fields the format has no place for keep their
+    defaults (latency 0, attempts 0, no metadata, no batch id).
+    """
+    custom_id = line["custom_id"]
+    if not isinstance(custom_id, str):
+        raise ValueError(f"custom_id must be a string (got {custom_id!r})")
+    line_id = line.get("id")
+    request_id = line_id if isinstance(line_id, str) and line_id != batch_request_id(custom_id) else None
+    row = OutputRow(id=custom_id, request_id=request_id)
+    response, error = line.get("response"), line.get("error")
+    if isinstance(response, dict) and response.get("status_code") == 200:
+        body = _object(response.get("body"))
+        choices = body.get("choices")
+        choice = _object(choices[0] if isinstance(choices, list) and choices else None)
+        usage = _object(body.get("usage"))
+        row.output = _object(choice.get("message")).get("content")
+        row.model = body.get("model")
+        row.finish_reason = choice.get("finish_reason")
+        row.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        row.completion_tokens = int(usage.get("completion_tokens") or 0)
+    elif isinstance(response, dict):
+        body = response.get("body")
+        detail = body.get("error") if isinstance(body, dict) else None
+        detail = detail if isinstance(detail, dict) else {}
+        kind = detail.get("type") or detail.get("code") or "http_error"
+        message = detail.get("message") or ""
+        row.error = f"{kind} (HTTP {response.get('status_code')}): {message}"
+    elif isinstance(error, dict):
+        message = error.get("message") if isinstance(error.get("message"), str) else ""
+        row.error = f"{error['code']}: {message}" if error.get("code") else message
+    else:
+        row.error = "malformed_response: a batch output line with neither a response nor an error"
+    return row
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (for reading lines written by others)."""
+    return value if isinstance(value, dict) else {}

@@ -3,6 +3,7 @@
     python -m ai_assets.lib.inference.submit prompts.jsonl            # copy into the inbox, add the partition
     python -m ai_assets.lib.inference.submit prompts.jsonl --run      # ... and materialize it now
     python -m ai_assets.lib.inference.submit prompts.jsonl --replace  # overwrite a different file of that key
+    python -m ai_assets.lib.inference.submit prompts.jsonl --mode batch_api  # this file via the Batch API
 
 The file is validated first, so a malformed line is reported as file:line before anything is copied.
 The partition key is the file name when that is a safe key, else a cleaned name with a short hash of the
@@ -25,6 +26,7 @@ from pathlib import Path
 import dagster as dg
 
 from ai_assets.lib.inference.files import PARTITIONS, InferenceFolders, file_digest, partition_key_for
+from ai_assets.lib.inference.modes import MODES, mode_file
 from ai_assets.lib.llm.validation import InputValidationError, ValidatedInput, validate_jsonl
 
 
@@ -49,6 +51,7 @@ def submit(
     replace: bool = False,
     folders: InferenceFolders | None = None,
     max_prompt_chars: int | None = None,
+    mode: str | None = None,
 ) -> Submission:
     """Validate `source`, copy it into the inbox and register its partition.
 
@@ -57,7 +60,9 @@ def submit(
 
     Raises `InputValidationError` when no line is usable, and `SubmitError` when the inbox already
     holds a different file under the same key and `replace` is false. The copy is written beside the
-    target and moved into place, so the inbox sensor never reads a half-copied file.
+    target and moved into place, so the inbox sensor never reads a half-copied file. `mode` (sync or
+    batch_api) is the file's own choice of backend, written to `<name>.mode` beside it first, so no run
+    of the file can start without it.
     """
     source = Path(source)
     if folders is None or max_prompt_chars is None:
@@ -71,6 +76,13 @@ def submit(
     key = partition_key_for(source)
     target = folders.input_path(key)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if mode is not None:
+        if mode not in MODES:
+            raise SubmitError(f"--mode {mode!r} is not one of {', '.join(MODES)}; nothing was submitted")
+        chosen = mode_file(folders, key)
+        staged = chosen.with_name(f".{chosen.name}.{os.getpid()}.partial")
+        staged.write_text(mode + "\n")
+        os.replace(staged, chosen)
     action = _place(source, target, key, replace)
     if not instance.has_dynamic_partition(PARTITIONS, key):
         instance.add_dynamic_partitions(PARTITIONS, [key])
@@ -127,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replace", action="store_true", help="overwrite a different file already in the inbox under the same key"
     )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        help="the backend for this file: sync (now) or batch_api (the Batch API, within 24 h, at a discount); "
+        "default: INFERENCE_MODE",
+    )
     args = parser.parse_args(argv)
     try:
         instance = dg.DagsterInstance.get()
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     try:
-        submission = submit(args.file, instance, replace=args.replace)
+        submission = submit(args.file, instance, replace=args.replace, mode=args.mode)
     except InputValidationError as error:
         # The user needs every problem and no traceback: the file is theirs to fix, not the code.
         for problem in error.problems:

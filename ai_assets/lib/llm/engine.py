@@ -231,6 +231,7 @@ async def run_batch(
                 latency_s=latency,
                 attempts=job.attempts_before + job.attempts,
                 metadata=item.metadata,
+                request_id=result.request_id,
             ),
         )
 

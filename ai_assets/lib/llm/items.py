@@ -18,10 +18,15 @@ class InferenceItem:
     temperature: float | None = None
     response_format: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    # Other request-body parameters of a batch-format line (`top_p`, `seed`, `stop`, `tools`, ...), sent
+    # unchanged for the server to judge.
+    extra: dict[str, Any] | None = None
 
     def request_kwargs(self, default_model: str) -> dict[str, Any]:
         """Keyword arguments for `chat.completions.create`; unset options are left to the server."""
-        kwargs: dict[str, Any] = {"model": self.model or default_model, "messages": list(self.messages)}
+        kwargs: dict[str, Any] = dict(self.extra) if self.extra else {}
+        kwargs["model"] = self.model or default_model
+        kwargs["messages"] = list(self.messages)
         if self.max_tokens is not None:
             kwargs["max_tokens"] = self.max_tokens
         if self.temperature is not None:
@@ -40,6 +45,7 @@ class CallResult:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    request_id: str | None = None  # the completion's id as the server gave it
 
 
 @dataclass
@@ -59,6 +65,10 @@ class OutputRow:
     latency_s: float = 0.0
     attempts: int = 0
     metadata: dict[str, Any] | None = field(default=None)
+    # The provider's id of the answer: the completion id in sync mode, the batch request id
+    # (`batch_req_...`) in batch_api mode; and the Batch API batch that answered it, if any.
+    request_id: str | None = None
+    batch_id: str | None = None
 
     @property
     def succeeded(self) -> bool:

@@ -122,6 +122,7 @@ def _to_result(response: Any, requested_model: str) -> CallResult:
         completion_tokens = (getattr(usage, "completion_tokens", None) or 0) if usage is not None else 0
         model = getattr(response, "model", None) or requested_model
         finish_reason = getattr(choice, "finish_reason", None)
+        request_id = getattr(response, "id", None)
     except (AttributeError, IndexError, KeyError, TypeError) as exc:
         raise MalformedResponseError(
             f"response is not a chat completion ({type(response).__name__}: {type(exc).__name__}: {exc})"
@@ -134,4 +135,5 @@ def _to_result(response: Any, requested_model: str) -> CallResult:
         finish_reason=str(finish_reason) if finish_reason is not None else None,
         prompt_tokens=int(prompt_tokens),
         completion_tokens=int(completion_tokens),
+        request_id=request_id if isinstance(request_id, str) else None,
     )

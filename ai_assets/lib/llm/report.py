@@ -41,6 +41,35 @@ def estimated_cost(rows: Sequence[OutputRow], prices: Mapping[str, ModelPrice]) 
     return total, sorted(unpriced)
 
 
+@dataclass(frozen=True)
+class CostEstimate:
+    """What the rows cost as they were answered, and what all of them would cost in each mode."""
+
+    paid: float  # sync rows at list price, Batch API rows with the discount
+    all_sync: float
+    all_batch_api: float
+    unpriced: list[str]
+
+    @property
+    def saved(self) -> float:
+        return self.all_sync - self.paid
+
+
+def estimated_costs(rows: Sequence[OutputRow], prices: Mapping[str, ModelPrice], discount: float) -> CostEstimate:
+    """`estimated_cost` for both modes: a row answered by a batch (`batch_id` set) costs `1 - discount` of
+    the list price (the Batch API's published 50 % by default)."""
+    if not 0 <= discount <= 1:
+        raise ValueError(f"discount must be from 0 to 1, got {discount}")
+    at_list, unpriced = estimated_cost(rows, prices)
+    batched, _ = estimated_cost([r for r in rows if r.batch_id], prices)
+    return CostEstimate(
+        paid=at_list - batched * discount,
+        all_sync=at_list,
+        all_batch_api=at_list * (1 - discount),
+        unpriced=unpriced,
+    )
+
+
 def error_rate(rows: Sequence[OutputRow]) -> float:
     return sum(1 for r in rows if not r.succeeded) / len(rows) if rows else 0.0
 

@@ -7,6 +7,7 @@ The OpenAI client is built with `max_retries=0`, so this module is the only retr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email.utils
 import json
@@ -238,23 +239,17 @@ def classify(exc: BaseException, *, secrets: Iterable[str] = ()) -> Failure:
     secrets = tuple(secrets)
 
     def msg(text: str) -> str:
-        text = redact(" ".join(str(text).split()), secrets)
-        return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
+        return short_message(text, secrets)
 
     if isinstance(exc, openai.APIResponseValidationError):
         return Failure(True, "malformed_response", msg(exc.message), exc.status_code)
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
         headers = exc.response.headers if exc.response is not None else None
-        retry_after = parse_retry_after(headers)
-        kind = _STATUS_KINDS.get(status, "server_error" if status >= 500 else "client_error")
-        retryable = status in (408, 409, 429) or status >= 500
-        if status == 429 and _error_code(exc) == "insufficient_quota":
-            kind, retryable = "insufficient_quota", False
+        failure = failure_for_status(exc.status_code, msg(exc.message), _error_code(exc))
         override = (headers.get("x-should-retry") if headers is not None else None) or ""
         if override.lower() in ("true", "false"):
-            retryable = override.lower() == "true"
-        return Failure(retryable, kind, msg(exc.message), status, retry_after)
+            failure = dataclasses.replace(failure, retryable=override.lower() == "true")
+        return dataclasses.replace(failure, retry_after_s=parse_retry_after(headers))
     # APITimeoutError subclasses APIConnectionError, so it must be tested first.
     if isinstance(exc, openai.APITimeoutError | TimeoutError):
         return Failure(True, "timeout", msg(str(exc) or "request timed out"))
@@ -269,6 +264,22 @@ def classify(exc: BaseException, *, secrets: Iterable[str] = ()) -> Failure:
     if isinstance(exc, MalformedResponseError | json.JSONDecodeError | UnicodeDecodeError):
         return Failure(True, "malformed_response", msg(f"{type(exc).__name__}: {exc}"))
     return Failure(False, "error", msg(f"{type(exc).__name__}: {exc}"))
+
+
+def failure_for_status(status: int, message: str, code: str | None = None) -> Failure:
+    """The `Failure` of an HTTP error answer: also how a Batch API error line (status, body) is judged.
+    `message` must already be short and redacted."""
+    kind = _STATUS_KINDS.get(status, "server_error" if status >= 500 else "client_error")
+    retryable = status in (408, 409, 429) or status >= 500
+    if status == 429 and code == "insufficient_quota":
+        kind, retryable = "insufficient_quota", False
+    return Failure(retryable, kind, message, status)
+
+
+def short_message(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` on one line, key-shaped tokens and `secrets` scrubbed, cut to the length an output row keeps."""
+    text = redact(" ".join(str(text).split()), tuple(secrets))
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _error_code(exc: openai.APIStatusError) -> str | None:

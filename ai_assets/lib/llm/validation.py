@@ -1,10 +1,21 @@
 """Check a JSONL file of inference requests before a single request is sent.
 
-One JSON object per line::
+Two formats are accepted, one per file.
+
+The requests format, one JSON object per line::
 
     {"id": "q1", "prompt": "Hello"}
     {"id": 2, "messages": [{"role": "user", "content": "Hi"}], "model": "m", "max_tokens": 64,
      "temperature": 0.2, "response_format": {"type": "json_object"}, "metadata": {"k": "v"}}
+
+The OpenAI Batch API input format, one request per line::
+
+    {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64}}
+
+A file is in the batch format when its first non-blank line that parses as a JSON object has a
+``custom_id`` key, and in the requests format otherwise (``ValidatedInput.format``; a file with no
+object at all counts as requests). Lines before that one are whole-line problems either way.
 
 Every problem names ``path:LINE`` (1-based, physical lines) and the offending field, so a
 10-million-line file can be fixed without guessing. The file is read line by line in binary
@@ -20,6 +31,7 @@ Decisions worth knowing:
   extra column on every line does not flood the run log. Warnings do not make a line invalid.
   ``ValidatedInput.ignored_keys`` maps each unknown key to its first line. Keys inside a message
   (``name``, ``tool_calls``, ``tool_call_id``) are passed through unchanged for the server to judge.
+  The known top-level keys are those of the file's format (``REQUEST_KEYS`` or ``BATCH_KEYS``).
 * ``null`` for an optional field (``model``, ``max_tokens``, ``temperature``,
   ``response_format``, ``metadata``) and for ``prompt``/``messages`` means "not given", as
   DataFrame exports write it. ``"id": null`` is a problem.
@@ -32,6 +44,28 @@ Decisions worth knowing:
   audio and file parts do not count (``max_line_bytes`` bounds those).
 * ``NaN``/``Infinity`` literals and ``\\ud800``-style unpaired surrogate escapes are rejected:
   Python's ``json`` accepts them, but they cannot be sent or written back out.
+
+In the batch format:
+
+* ``custom_id`` is the item's id and must be a non-empty string, as the Batch API requires (an
+  integer is a problem, not converted). It is claimed like an id: by the first line carrying it.
+* ``method`` must be ``"POST"`` and ``url`` must be ``/v1/chat/completions``: batch inference sends
+  chat completions only. ``body`` must be an object; missing ``custom_id``/``method``/``url``/``body``
+  is reported as ``missing``.
+* The body is checked like a requests-format line, with fields named ``body.``: ``body.messages``
+  is required (a chat completions body has no ``prompt``; ``body.prompt`` is a problem),
+  ``body.model``, ``body.max_tokens``, ``body.temperature``, ``body.response_format`` and the size
+  limit as above. ``body.stream`` must not be true (a batch answers non-streaming) and ``body.n``
+  must be 1 or absent (one output per input); neither is passed on.
+* Every other body key (``top_p``, ``seed``, ``stop``, ``tools``, ``tool_choice``,
+  ``max_completion_tokens``, ``metadata``, ...) goes unchanged into ``InferenceItem.extra`` for the
+  server to judge; ``InferenceItem.metadata`` is None (the body's ``metadata`` is a request option).
+
+One format per file: a line of the other format is reported with one problem that says so
+(``id: missing (this line is in the batch format; ...)`` in a requests file, when the line has a
+``custom_id`` and no ``id``; ``custom_id: missing (this line is in the requests format; ...)`` in a
+batch file, when the line has no ``custom_id`` but an ``id``, ``prompt`` or ``messages``). Its
+fields are not checked further, and its keys of the other format are not warned about as unknown.
 """
 
 from __future__ import annotations
@@ -48,8 +82,14 @@ from ai_assets.lib.json_values import json_type
 from ai_assets.lib.llm.items import InferenceItem
 
 __all__ = [
+    "BATCH_FORMAT",
+    "BATCH_KEYS",
+    "BATCH_URL",
+    "INPUT_FORMATS",
     "MAX_LISTED_PROBLEMS",
     "MAX_WARNINGS_PER_KEY",
+    "REQUESTS_FORMAT",
+    "REQUEST_KEYS",
     "ROLES",
     "InputProblem",
     "InputValidationError",
@@ -58,9 +98,25 @@ __all__ = [
 ]
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
-KNOWN_KEYS = frozenset(
+# The two input formats (`ValidatedInput.format`); see the module docstring.
+REQUESTS_FORMAT = "requests"
+BATCH_FORMAT = "batch"
+INPUT_FORMATS = (REQUESTS_FORMAT, BATCH_FORMAT)
+
+# The top-level keys of a line, per format.
+REQUEST_KEYS = frozenset(
     {"id", "prompt", "messages", "model", "max_tokens", "temperature", "response_format", "metadata"}
 )
+KNOWN_KEYS = REQUEST_KEYS  # the name before the batch format existed
+BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
+BATCH_URL = "/v1/chat/completions"
+# Body keys validated here; every other body key goes to `InferenceItem.extra` unchanged.
+_CHECKED_BODY_KEYS = frozenset(
+    {"messages", "prompt", "model", "max_tokens", "temperature", "response_format", "stream", "n"}
+)
+# Keys that mark a line of the requests format in a batch file.
+_REQUESTS_MARKERS = ("id", "prompt", "messages")
+_OTHER_FORMAT_HINT = "this line is in the {} format; a file holds one format, set by its first line"
 MAX_LISTED_PROBLEMS = 20
 MAX_WARNINGS_PER_KEY = 5
 
@@ -106,6 +162,7 @@ class ValidatedInput:
     ignored_keys: dict[str, int] = field(default_factory=dict)  # unknown key -> first line it was on
     # Not problems (the line is still used): unknown keys, per file:line; see the module docstring.
     warnings: list[InputProblem] = field(default_factory=list)
+    format: str = REQUESTS_FORMAT  # one of INPUT_FORMATS, set by the file's first object
 
     def raise_if_unusable(self, strict: bool) -> None:
         """Raise `InputValidationError` when no line is valid, or when `strict` and any line is not."""
@@ -137,6 +194,7 @@ def validate_jsonl(path: Path, *, max_prompt_chars: int = 200_000, max_line_byte
     first_line_of: dict[str, int] = {}
     ignored_keys: dict[str, int] = {}
     unknown = _UnknownKeys(path)
+    input_format: str | None = None  # set by the first line that parses as an object
     lines = 0
     with path.open("rb") as handle:
         for number, start, raw, size in _read_lines(handle, max_line_bytes):
@@ -159,11 +217,30 @@ def validate_jsonl(path: Path, *, max_prompt_chars: int = 200_000, max_line_byte
             if whole_line_problem is not None:
                 problems.append(InputProblem(location, None, whole_line_problem))
                 continue
+            if input_format is None:
+                input_format = BATCH_FORMAT if "custom_id" in record else REQUESTS_FORMAT
+            if input_format == BATCH_FORMAT:
+                known = BATCH_KEYS
+                other_format = "custom_id" not in record and any(key in record for key in _REQUESTS_MARKERS)
+                other_keys = REQUEST_KEYS
+            else:
+                known = REQUEST_KEYS
+                other_format = "custom_id" in record and "id" not in record
+                other_keys = BATCH_KEYS
             for key in record:
-                if key not in KNOWN_KEYS:
+                if key not in known and not (other_format and key in other_keys):
                     ignored_keys.setdefault(key, number)
-                    unknown.seen(key, number)
-            item, faults = _check_record(record, number, first_line_of, max_prompt_chars)
+                    unknown.seen(key, number, known)
+            if other_format:
+                id_field, other = (
+                    ("custom_id", REQUESTS_FORMAT) if input_format == BATCH_FORMAT else ("id", BATCH_FORMAT)
+                )
+                problems.append(InputProblem(location, id_field, f"missing ({_OTHER_FORMAT_HINT.format(other)})"))
+                continue
+            if input_format == BATCH_FORMAT:
+                item, faults = _check_batch_record(record, number, first_line_of, max_prompt_chars)
+            else:
+                item, faults = _check_record(record, number, first_line_of, max_prompt_chars)
             problems.extend(InputProblem(location, where, message) for where, message in faults)
             if item is not None:
                 items.append(item)
@@ -174,6 +251,7 @@ def validate_jsonl(path: Path, *, max_prompt_chars: int = 200_000, max_line_byte
         path=path,
         ignored_keys=ignored_keys,
         warnings=unknown.warnings(),
+        format=input_format or REQUESTS_FORMAT,
     )
 
 
@@ -186,11 +264,11 @@ class _UnknownKeys:
         self.count: dict[str, int] = {}
         self.last_line: dict[str, int] = {}
 
-    def seen(self, key: str, number: int) -> None:
+    def seen(self, key: str, number: int, known: frozenset[str] = REQUEST_KEYS) -> None:
         self.count[key] = self.count.get(key, 0) + 1
         self.last_line[key] = number
         if self.count[key] <= MAX_WARNINGS_PER_KEY:
-            self.listed.append(InputProblem(f"{self.path}:{number}", _key_label(key), _unknown_key_message(key)))
+            self.listed.append(InputProblem(f"{self.path}:{number}", _key_label(key), _unknown_key_message(key, known)))
 
     def warnings(self) -> list[InputProblem]:
         rest = [
@@ -205,10 +283,10 @@ class _UnknownKeys:
         return self.listed + rest
 
 
-def _unknown_key_message(key: str) -> str:
-    """`unknown field, ignored`, with the closest known field when there is a likely one."""
-    known = sorted(KNOWN_KEYS)
-    guess = key.strip().lower() if key.strip().lower() in KNOWN_KEYS else None
+def _unknown_key_message(key: str, keys: frozenset[str] = REQUEST_KEYS) -> str:
+    """`unknown field, ignored`, with the closest of `keys` when there is a likely one."""
+    known = sorted(keys)
+    guess = key.strip().lower() if key.strip().lower() in keys else None
     if guess is None:
         close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
         guess = close[0] if close else None
@@ -313,32 +391,7 @@ def _check_record(
     messages, chars, size_field = _check_conversation(record, fault)
     if chars > max_prompt_chars:
         fault(size_field, f"{chars:,} characters of content, over the limit of {max_prompt_chars:,}")
-
-    model = record.get("model")
-    if model is not None and (not isinstance(model, str) or not model.strip()):
-        fault("model", f"must be a non-empty string (got {_show(model)})")
-
-    max_tokens = record.get("max_tokens")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        fault("max_tokens", f"must be a positive integer (got {_show(max_tokens)})")
-
-    temperature = record.get("temperature")
-    if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            fault("temperature", f"must be a number from 0 to 2 (got {_show(temperature)})")
-        elif not 0 <= temperature <= 2:
-            fault("temperature", f"must be from 0 to 2 (got {temperature})")
-        else:
-            temperature = float(temperature)
-
-    response_format = record.get("response_format")
-    if response_format is not None:
-        if not isinstance(response_format, dict):
-            fault("response_format", f"must be an object (got {_show(response_format)})")
-        elif "type" not in response_format:
-            fault("response_format.type", "missing")
-        elif not isinstance(response_format["type"], str) or not response_format["type"]:
-            fault("response_format.type", f"must be a non-empty string (got {_show(response_format['type'])})")
+    model, max_tokens, temperature, response_format = _check_options(record, "", fault)
 
     metadata = record.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -359,6 +412,136 @@ def _check_record(
         ),
         faults,
     )
+
+
+def _check_options(
+    source: dict[str, Any], prefix: str, fault: Callable[[str | None, str], None]
+) -> tuple[Any, Any, Any, Any]:
+    """Check the request options of a line (or of a batch body, fields named `prefix` + key).
+
+    Returns ``(model, max_tokens, temperature, response_format)``, temperature as a float when valid;
+    a value is only meaningful when no fault was reported.
+    """
+    model = source.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        fault(f"{prefix}model", f"must be a non-empty string (got {_show(model)})")
+
+    max_tokens = source.get("max_tokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        fault(f"{prefix}max_tokens", f"must be a positive integer (got {_show(max_tokens)})")
+
+    temperature = source.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            fault(f"{prefix}temperature", f"must be a number from 0 to 2 (got {_show(temperature)})")
+        elif not 0 <= temperature <= 2:
+            fault(f"{prefix}temperature", f"must be from 0 to 2 (got {temperature})")
+        else:
+            temperature = float(temperature)
+
+    response_format = source.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict):
+            fault(f"{prefix}response_format", f"must be an object (got {_show(response_format)})")
+        elif "type" not in response_format:
+            fault(f"{prefix}response_format.type", "missing")
+        elif not isinstance(response_format["type"], str) or not response_format["type"]:
+            fault(f"{prefix}response_format.type", f"must be a non-empty string (got {_show(response_format['type'])})")
+    return model, max_tokens, temperature, response_format
+
+
+def _check_batch_record(
+    record: dict[str, Any], number: int, first_line_of: dict[str, int], max_prompt_chars: int
+) -> tuple[InferenceItem | None, list[tuple[str | None, str]]]:
+    """Check one parsed line of the batch format: the item when all is well, and every fault found."""
+    faults: list[tuple[str | None, str]] = []
+
+    def fault(where: str | None, message: str) -> None:
+        faults.append((where, message))
+
+    item_id = _check_custom_id(record, number, first_line_of, fault)
+
+    if "method" not in record:
+        fault("method", "missing")
+    elif record["method"] != "POST":
+        fault("method", f"must be 'POST' (got {_show(record['method'])})")
+
+    if "url" not in record:
+        fault("url", "missing")
+    elif record["url"] != BATCH_URL:
+        fault(
+            "url",
+            f"unsupported {_show(record['url'])}: batch inference sends chat completions, url must be {BATCH_URL}",
+        )
+
+    if "body" not in record:
+        fault("body", "missing")
+        return None, faults
+    body = record["body"]
+    if not isinstance(body, dict):
+        fault("body", f"must be an object (got {_show(body)})")
+        return None, faults
+
+    messages: tuple[dict[str, Any], ...] | None = None
+    prompt = body.get("prompt")
+    if prompt is not None:
+        fault("body.prompt", "not a chat completions field; give the conversation as body.messages")
+    if body.get("messages") is None:
+        if prompt is None:
+            fault("body.messages", "missing")
+    else:
+        messages, chars = _check_messages(body["messages"], "body.messages", fault)
+        if chars > max_prompt_chars:
+            fault("body.messages", f"{chars:,} characters of content, over the limit of {max_prompt_chars:,}")
+    model, max_tokens, temperature, response_format = _check_options(body, "body.", fault)
+
+    stream = body.get("stream")
+    if stream is not None and stream is not False:
+        fault("body.stream", f"must be false or absent: a batch answers non-streaming (got {_show(stream)})")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        fault("body.n", f"must be 1 or absent: batch inference writes one output per input (got {_show(n)})")
+
+    if faults or item_id is None or messages is None:
+        return None, faults
+    extra = {key: value for key, value in body.items() if key not in _CHECKED_BODY_KEYS}
+    return (
+        InferenceItem(
+            id=item_id,
+            messages=messages,
+            line=number,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            response_format=response_format,
+            metadata=None,
+            extra=extra or None,
+        ),
+        faults,
+    )
+
+
+def _check_custom_id(
+    record: dict[str, Any], number: int, first_line_of: dict[str, int], fault: Callable[[str | None, str], None]
+) -> str | None:
+    if "custom_id" not in record:
+        fault("custom_id", "missing")
+        return None
+    value = record["custom_id"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        fault("custom_id", f"must be a string, as the Batch API requires (got the integer {_show(value)})")
+        return None
+    if not isinstance(value, str):
+        fault("custom_id", f"must be a non-empty string (got {_show(value)})")
+        return None
+    if not value.strip():
+        fault("custom_id", "must not be empty")
+        return None
+    first = first_line_of.setdefault(value, number)
+    if first != number:
+        fault("custom_id", f"duplicate custom_id {value!r} (first at line {first})")
+        return None
+    return value
 
 
 def _check_id(
@@ -402,19 +585,27 @@ def _check_conversation(
             fault("prompt", "must not be empty")
             return None, 0, "prompt"
         return ({"role": "user", "content": prompt},), len(prompt), "prompt"
+    checked, chars = _check_messages(messages, "messages", fault)
+    return checked, chars, "messages"
+
+
+def _check_messages(
+    messages: Any, where: str, fault: Callable[[str | None, str], None]
+) -> tuple[tuple[dict[str, Any], ...] | None, int]:
+    """Check a list of chat messages named `where`: ``(messages or None, content characters)``."""
     if not isinstance(messages, list):
-        fault("messages", f"must be a list of message objects (got {_show(messages)})")
-        return None, 0, "messages"
+        fault(where, f"must be a list of message objects (got {_show(messages)})")
+        return None, 0
     if not messages:
-        fault("messages", "must not be empty")
-        return None, 0, "messages"
+        fault(where, "must not be empty")
+        return None, 0
     counter = _FaultCounter(fault)
     chars = 0
     for index, message in enumerate(messages):
-        chars += _check_message(f"messages[{index}]", message, counter)
+        chars += _check_message(f"{where}[{index}]", message, counter)
     if counter.count:
-        return None, chars, "messages"
-    return tuple(messages), chars, "messages"
+        return None, chars
+    return tuple(messages), chars
 
 
 class _FaultCounter:
