@@ -36,7 +36,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -324,6 +324,8 @@ def _reconcile(
     for sub in wanted.values():
         sub.abandoned = "never created (no batch carries its intent id)"
         journal.append({"event": "abandoned", "intent": sub.intent, "reason": sub.abandoned})
+        if sub.file_id:  # uploaded, never used: not left in the provider's storage
+            _delete_quietly(client, sub.file_id)
         log(f"Round {sub.round} part {sub.part} was never created (a crash): its {sub.requests} items go again")
 
 
@@ -338,6 +340,7 @@ def _collect(
     work_dir: Path,
 ) -> None:
     by_id = {item.id: item for item in items}
+    rows: dict[str, OutputRow] | None = None  # the ledger, read once a batch is done, kept up to date below
     for sub in [s for s in result.submissions if s.open]:
         assert sub.batch_id is not None
         batch = client.batches.retrieve(sub.batch_id)
@@ -347,15 +350,17 @@ def _collect(
         if batch.status not in TERMINAL:
             log(f"Batch {sub.batch_id} (round {sub.round}, part {sub.part}): {batch.status}, {done}")
             continue
-        rows = ledger.load()
+        if rows is None:
+            rows = ledger.load()
+        ids = [i for i in sub.ids if i in by_id]
+        mine = set(ids)
         answered: dict[str, OutputRow] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 for line in _download_lines(client, file_id, work_dir / f"{sub.batch_id}.{file_id}.part"):
-                    row = _row_from_line(line, sub, by_id, rows, options)
+                    row = _row_from_line(line, sub, mine, by_id, rows, options)
                     if row is not None:
                         answered[row.id] = row
-        ids = [i for i in sub.ids if i in by_id]
         for item_id in ids:
             if item_id not in answered:
                 answered[item_id] = _unanswered_row(batch, sub, by_id[item_id], rows.get(item_id), options)
@@ -366,6 +371,7 @@ def _collect(
             if current is not None and (current.batch_id == sub.batch_id or current.succeeded):
                 continue
             ledger.append(answered[item_id])
+            rows[item_id] = answered[item_id]
             recorded += 1
         ledger.sync()
         ok = sum(1 for i in ids if answered[i].succeeded)
@@ -403,12 +409,13 @@ def _download_lines(client: openai.OpenAI, file_id: str, spool: Path) -> Iterato
 def _row_from_line(
     line: dict[str, Any],
     sub: Submission,
+    mine: Collection[str],
     by_id: Mapping[str, InferenceItem],
     rows: Mapping[str, OutputRow],
     options: BatchOptions,
 ) -> OutputRow | None:
     item_id = line.get("custom_id")
-    if not isinstance(item_id, str) or item_id not in by_id or item_id not in sub.ids:
+    if not isinstance(item_id, str) or item_id not in mine:
         return None  # not one of this batch's requests: nothing of ours to record
     item = by_id[item_id]
     previous = rows.get(item_id)
@@ -652,13 +659,20 @@ def _create_one(
     except openai.APIStatusError as exc:
         reason = f"create refused: HTTP {exc.status_code}: {_api_message(exc, options.secrets)}"
         journal.append({"event": "abandoned", "intent": sub.intent, "reason": reason})
-        with contextlib.suppress(openai.APIError):
-            client.files.delete(uploaded.id)
+        _delete_quietly(client, uploaded.id)
         raise BatchApiError(f"{options.partition}: creating the batch of {what} failed: {reason}") from exc
     sub.batch_id, sub.status = batch.id, batch.status
     journal.append({"event": "created", "intent": sub.intent, "batch_id": batch.id})
     log(f"Submitted batch {batch.id}: {what}")
     return sub
+
+
+def _delete_quietly(client: openai.OpenAI, file_id: str) -> None:
+    """Delete an input file no batch uses; a failure only leaves it in the provider's storage."""
+    import openai
+
+    with contextlib.suppress(openai.APIError):
+        client.files.delete(file_id)
 
 
 def _api_message(exc: openai.APIStatusError, secrets: Sequence[str]) -> str:
