@@ -129,7 +129,7 @@ def inference_outputs(
     digest = file_digest(source)
     ledger_file = folders.ledger_path(key, digest)
     journal = BatchJournal.beside(ledger_file)
-    in_flight = [s.batch_id or s.intent for s in journal.load() if s.open or s.unresolved]
+    in_flight = [s.batch_id or s.intent for s in journal.load() if s.in_flight]
     mode, why = choose_mode(
         configured=config.mode,
         batches_in_flight=in_flight,

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from ai_assets.defs.inference.assets import inference_files
-from ai_assets.lib.inference.files import InvalidPartitionKeyError, file_digest, partition_key_for
+from ai_assets.lib.inference.files import InvalidPartitionKeyError, fingerprint, partition_key_for
 from ai_assets.lib.llm.batch_api import TERMINAL, BatchJournal, BatchJournalBusyError, batch_ids_digest
 from ai_assets.resources.inference import InferenceResource
 from ai_assets.resources.llm import LLMResource
@@ -60,10 +60,9 @@ def inference_inbox_sensor(
             continue
         if not path.is_file():
             continue
-        stat = path.stat()
         seen = previous.get(key)
-        digest = seen[2] if seen and seen[:2] == [stat.st_size, stat.st_mtime_ns] else file_digest(path)
-        current[key] = [stat.st_size, stat.st_mtime_ns, digest]
+        current[key] = fingerprint(path, seen)
+        digest = current[key][2]
         if seen and seen[2] == digest:
             continue
         if key not in known:
@@ -111,7 +110,7 @@ def inference_batch_sensor(
         if named is None:
             continue
         journal = BatchJournal(path)
-        subs = [s for s in journal.load() if s.open or s.unresolved]
+        subs = [s for s in journal.load() if s.in_flight]
         if subs:
             waiting.append((named[0], named[1], journal, subs))
     if not waiting:
@@ -129,12 +128,8 @@ def inference_batch_sensor(
             if not source.is_file():
                 notes.append(f"{key}: its input file is gone; its {len(subs)} batch(es) are left uncollected")
                 continue
-            stat = source.stat()
-            previous = seen.get(key)
-            digest = (
-                previous[2] if previous and previous[:2] == [stat.st_size, stat.st_mtime_ns] else file_digest(source)
-            )
-            cursor[key] = [stat.st_size, stat.st_mtime_ns, digest]
+            cursor[key] = fingerprint(source, seen.get(key))
+            digest = cursor[key][2]
             if digest[:16] != digest16:
                 notes.append(f"{key}: the input changed since its batches were sent; {journal.path} is left as it is")
                 continue

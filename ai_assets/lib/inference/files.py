@@ -122,6 +122,15 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fingerprint(path: Path, known: list | None) -> list:
+    """`[size, mtime_ns, sha256 hex]` of `path`; the digest of `known` (the same list from a sensor's
+    cursor) is reused while size and mtime are unchanged, so a large file is hashed only when it changes."""
+    stat = path.stat()
+    if known and known[:2] == [stat.st_size, stat.st_mtime_ns]:
+        return [stat.st_size, stat.st_mtime_ns, known[2]]
+    return [stat.st_size, stat.st_mtime_ns, file_digest(path)]
+
+
 @dataclass(frozen=True)
 class InferenceFolders:
     """The folders of batch inference: `inbox` (input JSONL files, one dynamic partition each),

@@ -41,9 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openai.types.chat import ChatCompletion
+
 from ai_assets.lib.llm.items import InferenceItem, OutputRow
 from ai_assets.lib.llm.ledger import ResultLedger
-from ai_assets.lib.llm.retry import failure_for_status, redact, short_message
+from ai_assets.lib.llm.openai_call import completion_result
+from ai_assets.lib.llm.retry import MalformedResponseError, failure_for_status, redact, short_message
 
 if TYPE_CHECKING:
     import openai
@@ -135,6 +138,11 @@ class Submission:
     def unresolved(self) -> bool:
         """An intent that may or may not have become a batch (the process died around `create`)."""
         return self.batch_id is None and self.abandoned is None
+
+    @property
+    def in_flight(self) -> bool:
+        """Open, or unresolved: a batch that may be running at the provider."""
+        return self.open or self.unresolved
 
     @property
     def final_status(self) -> str | None:
@@ -429,22 +437,20 @@ def _row_from_line(
     }
     response, error = line.get("response"), line.get("error")
     if isinstance(response, dict) and response.get("status_code") == 200:
+        # Read exactly as a sync answer is: the same shape checks, the same defaults for what is missing.
         body = response.get("body")
         try:
-            choice = body["choices"][0]
-            content = choice["message"].get("content")
-            usage = body.get("usage") or {}
-            if content is not None and not isinstance(content, str):
-                raise TypeError(f"message content is {type(content).__name__}")
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            return OutputRow(**base, error=f"malformed_response: not a chat completion ({type(exc).__name__}: {exc})")
-        output = content or ""
+            if not isinstance(body, dict):
+                raise MalformedResponseError(f"response body is {type(body).__name__}, not a chat completion")
+            result = completion_result(ChatCompletion.construct(**body), base["model"])
+        except MalformedResponseError as exc:
+            return OutputRow(**base, error=f"malformed_response: {exc}")
         return OutputRow(
-            **{**base, "model": body.get("model") or base["model"]},
-            output=_scrubbed(output, options.secrets),
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            **{**base, "model": result.model},
+            output=_scrubbed(result.output, options.secrets),
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
         )
     if isinstance(response, dict) and isinstance(response.get("status_code"), int):
         detail = (response.get("body") or {}).get("error") if isinstance(response.get("body"), dict) else None

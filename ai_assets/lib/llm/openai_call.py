@@ -46,7 +46,7 @@ def make_openai_call(
             cast_to=ChatCompletion,
             options=_REQUEST_OPTIONS,
         )
-        return _to_result(response, item.model or default_model)
+        return completion_result(response, item.model or default_model)
 
     return call
 
@@ -109,7 +109,9 @@ async def warm_up_connections(client: openai.AsyncOpenAI, n: int, *, timeout_s: 
     return len(answered)
 
 
-def _to_result(response: Any, requested_model: str) -> CallResult:
+def completion_result(response: Any, requested_model: str) -> CallResult:
+    """The `CallResult` of a chat completion (an SDK object, or one built from a Batch API result body);
+    raises `MalformedResponseError` when it is not one."""
     # Without strict validation the SDK builds models with `construct()`, so a JSON body of the
     # wrong shape comes back as an object with missing attributes, or as a bare str for a
     # non-JSON content type. Check the shape here so it is retried instead of crashing the batch.
